@@ -1,0 +1,60 @@
+# One entry point for set-up, run and checks. Every target creates .venv when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run test lint fmt typecheck pytest lock bench fuzz examples clean system-deps
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install -q --upgrade pip >/dev/null
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+run: install
+	FHIR_SERVICE_AUTH=off \
+	FHIR_SERVICE_FHIR_SERVER_ALLOWLIST='*,http://127.0.0.1,http://localhost' \
+	$(BIN)/uvicorn fhir_service.main:app --host $(HOST) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check fhir_service tests bench scripts
+	$(BIN)/ruff format --check fhir_service tests bench scripts
+
+fmt: install
+	$(BIN)/ruff check --fix fhir_service tests bench scripts
+	$(BIN)/ruff format fhir_service tests bench scripts
+
+typecheck: install
+	$(BIN)/mypy fhir_service
+
+pytest: install system-deps
+	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+lock: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+
+bench: install
+	$(BIN)/python -m bench.run
+
+fuzz: install
+	FUZZ_EXAMPLES=2000 $(BIN)/pytest tests/fuzz -p no:cacheprovider
+
+examples: install
+	$(BIN)/python examples/run_examples.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
