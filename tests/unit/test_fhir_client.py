@@ -370,7 +370,8 @@ async def test_next_on_same_origin_still_needs_the_allowlist() -> None:
 async def test_page_cap() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         page = int(request.url.params.get("page", "1"))
-        return fhir(searchset(obs(page), next_url=f"{BASE}/Observation?page={page + 1}"))
+        nxt = f"{BASE}/Observation?page={page + 1}" if page < 10 else None  # finite if uncapped
+        return fhir(searchset(obs(page), next_url=nxt))
 
     client, upstream = make_client(handler, max_pages=3)
     assert await fetch_error(client, "Observation?patient=p1") == "more than 3 pages"
