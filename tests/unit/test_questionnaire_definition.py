@@ -212,6 +212,10 @@ def test_population_expressions_compile(questionnaire: dict[str, Any]) -> None:
         "pregnancyLookback",
     ]
     assert set(compiled.items) == {"pain-nrs", "pregnancy"}
+    assert [v.name for v in compiled.items["pain-nrs"].variables] == [
+        "painObservations",
+        "painLatest",
+    ]
     assert compiled.data_types == {"Observation"}
 
 
