@@ -199,16 +199,21 @@
   }
 
   async function recommendations(qr) {
-    // Every prefetch key the service declares is sent: the assessment as a searchset, the others
-    // as null (no data, never fetched), since this page has no FHIR server to offer.
-    var prefetch = { assessment: { resourceType: 'Bundle', type: 'searchset', total: 1, entry: [{ resource: qr }] } };
+    // The response goes in the prefetch key whose template reads QuestionnaireResponses
+    // ('assessment' when discovery cannot be read); every other declared key is sent as null
+    // (no data, never fetched), since this page has no FHIR server to offer.
+    var searchset = { resourceType: 'Bundle', type: 'searchset', total: 1, entry: [{ resource: qr }] };
+    var templates = {};
     var discovery = await call('GET', '/cds-services', undefined, 'application/json');
     if (discovery.ok && discovery.json && discovery.json.services) {
       var service = discovery.json.services.find(function (s) { return s.id === CDS_SERVICE; });
-      Object.keys((service && service.prefetch) || {}).forEach(function (key) {
-        if (!(key in prefetch)) prefetch[key] = null;
-      });
+      templates = (service && service.prefetch) || {};
     }
+    var keys = Object.keys(templates);
+    var qrKey = keys.find(function (k) { return /^QuestionnaireResponse\b/.test(templates[k]); });
+    var prefetch = {};
+    keys.forEach(function (key) { prefetch[key] = null; });
+    prefetch[qrKey || 'assessment'] = searchset;
     var request = {
       hook: 'patient-view',
       hookInstance: uuid(),
