@@ -6,6 +6,7 @@ Tree::
     ├── InvalidRequest      400 invalid
     ├── Unauthorized        401 login        (no detail is ever sent)
     ├── NotFound            404 not-found
+    ├── NotAcceptable       406 not-supported
     ├── UnsupportedMediaType 415 not-supported
     ├── PreconditionFailed  412 processing   (CDS Hooks: data could not be obtained)
     ├── PayloadTooLarge     413 too-costly
@@ -116,6 +117,11 @@ class Unauthorized(FhirError):
 class NotFound(FhirError):
     status_code = 404
     issue_code = "not-found"
+
+
+class NotAcceptable(FhirError):
+    status_code = 406
+    issue_code = "not-supported"
 
 
 class PreconditionFailed(FhirError):

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_DEFINITIONS = PACKAGE_ROOT.parent / "definitions"

@@ -1,0 +1,78 @@
+"""Reading request bodies safely: size cap, strict JSON (no NaN/Infinity), bounded depth.
+
+Over the size cap → 413, not JSON / too deep → 400, a media type the endpoint does not take
+→ 415; each as an OperationOutcome (reliability-security-performance.md §6.3 L1–L3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request
+
+from fhir_service.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+JSON_MEDIA_TYPES = ("application/json", "application/fhir+json")
+
+
+def check_media_type(request: Request, accepted: tuple[str, ...] = JSON_MEDIA_TYPES) -> None:
+    raw = request.headers.get("content-type", "")
+    media = raw.split(";", 1)[0].strip().lower()
+    if media not in accepted:
+        raise UnsupportedMediaType(
+            f"Content-Type must be one of {', '.join(accepted)} (got {media or 'none'!r})"
+        )
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of ``value``, computed iteratively; stops once ``limit`` is exceeded."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes, max_depth: int) -> Any:
+    if not raw.strip():
+        raise InvalidRequest("request body is empty; a JSON document is required")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if json_depth(value, max_depth) > max_depth:
+        raise InvalidRequest(f"JSON nesting deeper than {max_depth} levels")
+    return value
+
+
+async def read_json(
+    request: Request,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    media_types: tuple[str, ...] = JSON_MEDIA_TYPES,
+) -> Any:
+    """Check the media type, read at most ``max_bytes`` and parse strict JSON."""
+    check_media_type(request, media_types)
+    return parse_json(await read_body(request, max_bytes), max_depth)

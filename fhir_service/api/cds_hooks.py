@@ -1,0 +1,115 @@
+"""CDS Hooks 2.0 endpoints: discovery, service calls, feedback, analytics.
+
+Spec: https://cds-hooks.hl7.org/2.0/ ; checklist: shared/spec/cds-hooks.md; status codes and
+auth: shared/contract.md "HTTP surface". Routers only parse, call and serialize.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from fhir_service.api.body import read_json
+from fhir_service.api.responses import JsonResponse
+from fhir_service.cds.feedback import parse_feedback
+from fhir_service.cds.invoke import invoke
+from fhir_service.clock import system_clock
+from fhir_service.deps import RuntimeDep
+from fhir_service.errors import NotFound
+from fhir_service.knowledge.services import CdsService
+from fhir_service.runtime import Runtime
+
+router = APIRouter(tags=["CDS Hooks"])
+log = logging.getLogger(__name__)
+
+
+async def authenticate(request: Request, runtime: Runtime) -> None:
+    """With ``FHIR_SERVICE_AUTH=jwt``: a valid client JWT whose ``aud`` is the URL called."""
+    if runtime.verifier is None:
+        return
+    audience = runtime.settings.public_base_url + request.url.path
+    await runtime.verifier.verify(request.headers.get("authorization"), audience)
+
+
+def _service(runtime: Runtime, service_id: str) -> CdsService:
+    service = runtime.services.get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service {service_id!r}")
+    return service
+
+
+@router.get("/cds-services", response_class=JsonResponse)
+@router.get("/cds-services/", response_class=JsonResponse, include_in_schema=False)
+async def discovery(request: Request, runtime: RuntimeDep) -> JsonResponse:
+    """Discovery: one entry per service, generated from the PlanDefinitions."""
+    await authenticate(request, runtime)
+    services = [s.discovery() for s in sorted(runtime.services.values(), key=lambda s: s.id)]
+    return JsonResponse({"services": services})
+
+
+@router.post("/cds-services/{service_id}", response_class=JsonResponse)
+async def call_service(service_id: str, request: Request, runtime: RuntimeDep) -> JsonResponse:
+    """A hook call: 200 with cards (``{"cards": []}`` when none), 400/404/412/415 otherwise."""
+    await authenticate(request, runtime)
+    service = _service(runtime, service_id)
+    settings = runtime.settings
+    body = await read_json(
+        request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
+    )
+    cards = await invoke(runtime, service, body)
+    await _remember(runtime, service, body, cards)
+    return JsonResponse({"cards": cards})
+
+
+async def _remember(
+    runtime: Runtime, service: CdsService, body: dict[str, Any], cards: list[dict[str, Any]]
+) -> None:
+    """Record issued card uuids so feedback can be joined to its rule; never fails the call."""
+    if not cards or runtime.store is None:
+        return
+    from fhir_service.store.sql import IssuedCard
+
+    issued = [
+        IssuedCard(
+            card_uuid=c["uuid"],
+            rule_id=str(c["source"].get("topic", {}).get("code", "")),
+            indicator=c["indicator"],
+            suggestion_uuids=tuple(s["uuid"] for s in c.get("suggestions", ())),
+        )
+        for c in cards
+    ]
+    try:
+        await run_in_threadpool(
+            runtime.store.record_cards, service.id, body["hookInstance"], issued, runtime.now()
+        )
+    except Exception as exc:  # the cards are still right; feedback for them will be unmatched
+        log.error("could not record issued cards: %s", type(exc).__name__)
+
+
+@router.post("/cds-services/{service_id}/feedback", response_class=JsonResponse)
+async def feedback(service_id: str, request: Request, runtime: RuntimeDep) -> JsonResponse:
+    """Feedback (cds-fb-1..3): 200 when valid (idempotent), 400 otherwise, 503 if not stored."""
+    await authenticate(request, runtime)
+    service = _service(runtime, service_id)
+    settings = runtime.settings
+    body = await read_json(
+        request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
+    )
+    items = parse_feedback(body)
+    result = await run_in_threadpool(
+        runtime.store.record_feedback, service.id, items, system_clock()
+    )
+    return JsonResponse(
+        {"stored": result.stored, "duplicates": result.duplicates, "unmatched": result.unmatched}
+    )
+
+
+@router.get("/cds-services/{service_id}/analytics", response_class=JsonResponse)
+async def analytics(service_id: str, request: Request, runtime: RuntimeDep) -> JsonResponse:
+    """Per rule: cards issued, accepted, overridden (with reasons). Read-only."""
+    await authenticate(request, runtime)
+    service = _service(runtime, service_id)
+    return JsonResponse(await run_in_threadpool(runtime.store.analytics, service.id))

@@ -1,0 +1,232 @@
+"""FHIR operations on the knowledge: ``PlanDefinition/$apply``, ``ActivityDefinition/$apply``,
+``PlanDefinition/$package``.
+
+Specs: https://hl7.org/fhir/R4/plandefinition-operation-apply.html,
+https://hl7.org/fhir/R4/activitydefinition-operation-apply.html, CRMI ``$package``
+(clinical-reasoning.md §1.7). ``$apply`` evaluates every action whatever hook its trigger names;
+resources in ``data`` with ``status`` ``draft`` are the orders being decided. ``$package``
+returns a ``transaction`` Bundle of PUTs (the artifact and everything it references, found by
+canonical), so it loads into any FHIR server as is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+
+from fhir_service.api.body import read_json
+from fhir_service.api.parameters import (
+    one,
+    require_parameters,
+    resource_value,
+    string_value,
+    subject_reference,
+    value_of,
+)
+from fhir_service.api.responses import FhirResponse
+from fhir_service.deps import RuntimeDep
+from fhir_service.engine.activity_definition import apply_activity
+from fhir_service.engine.care_plan import care_plan
+from fhir_service.engine.data import build_data_set
+from fhir_service.engine.evaluation import CallInput, parameter_value
+from fhir_service.engine.fhirpath import session
+from fhir_service.errors import InvalidRequest, IssueLog, NotFound, PayloadTooLarge
+from fhir_service.knowledge.loader import Artifact
+from fhir_service.runtime import CANONICAL_BASE, Runtime
+
+router = APIRouter(prefix="/fhir", tags=["Operations"])
+CANONICAL_RE = re.compile(re.escape(CANONICAL_BASE) + r"/([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
+
+
+class ApplyInputs:
+    """The ``$apply`` in-parameters, from the query string (GET) or a Parameters body (POST)."""
+
+    def __init__(self) -> None:
+        self.subject: str = ""
+        self.encounter: str | None = None
+        self.practitioner: str | None = None
+        self.data: list[Any] = []
+        self.parameters: dict[str, Any] = {}
+        self.url: str | None = None
+        self.version: str | None = None
+
+
+async def _inputs(request: Request, runtime: Runtime) -> ApplyInputs:
+    inputs = ApplyInputs()
+    if request.method == "GET":
+        query = request.query_params
+        inputs.subject = subject_reference(query.get("subject"))
+        inputs.encounter = query.get("encounter")
+        inputs.practitioner = query.get("practitioner")
+        inputs.url, inputs.version = query.get("url"), query.get("version")
+        return inputs
+    settings = runtime.settings
+    body = await read_json(
+        request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
+    )
+    params = require_parameters(body)
+    inputs.subject = subject_reference(string_value(one(params, "subject"), "subject"))
+    inputs.encounter = string_value(one(params, "encounter"), "encounter")
+    inputs.practitioner = string_value(one(params, "practitioner"), "practitioner")
+    inputs.url = string_value(one(params, "url"), "url") or request.query_params.get("url")
+    inputs.version = string_value(one(params, "version"), "version")
+    data = resource_value(one(params, "data"), "data", "Bundle")
+    if data is not None:
+        inputs.data = [data]
+    overrides = resource_value(one(params, "parameters"), "parameters", "Parameters")
+    if overrides is not None:
+        for part in require_parameters(overrides):
+            name = part["name"]
+            if name not in runtime.engine.defaults:
+                raise InvalidRequest(
+                    f"unknown library parameter {name!r}", expression=[f"parameters.{name}"]
+                )
+            key = next((k for k in part if k.startswith("value")), None)
+            if key is None:
+                raise InvalidRequest(
+                    f"library parameter {name!r} needs a value", expression=[f"parameters.{name}"]
+                )
+            inputs.parameters[name] = parameter_value(key, value_of(part))
+    return inputs
+
+
+def _plan(runtime: Runtime, rid: str | None, inputs: ApplyInputs, rtype: str) -> Artifact:
+    if rid is not None:
+        artifact = runtime.knowledge.read(rtype, rid)
+        if artifact is None:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        return artifact
+    if not inputs.url:
+        raise InvalidRequest("type-level $apply needs the 'url' parameter", expression=["url"])
+    canonical = inputs.url + (f"|{inputs.version}" if inputs.version else "")
+    artifact = runtime.knowledge.by_canonical(canonical, rtype)
+    if artifact is None:
+        raise NotFound(f"no {rtype} with url {canonical}")
+    return artifact
+
+
+def _call(runtime: Runtime, inputs: ApplyInputs) -> CallInput:
+    data = build_data_set(inputs.data, drafts_from_status=True)
+    if data.size > runtime.settings.max_resources:
+        raise PayloadTooLarge(f"more than {runtime.settings.max_resources} resources in data")
+    patient_id = inputs.subject.split("/", 1)[1] if inputs.subject.startswith("Patient/") else None
+    return CallInput(data, runtime.now(), patient_id, None, inputs.parameters)
+
+
+def _apply_plan(runtime: Runtime, plan: Artifact, inputs: ApplyInputs) -> dict[str, Any]:
+    call = _call(runtime, inputs)
+    issues = IssueLog()
+    scope = runtime.engine.new_scope(call, issues)
+    with session(call.now, call.data.resolve):
+        result = runtime.engine.apply(plan.resource, scope, inputs.subject, runtime.new_id)
+    result.issues.issues[:] = issues.issues
+    return care_plan(
+        result,
+        runtime.new_id(),
+        runtime.new_id(),
+        encounter=inputs.encounter,
+        practitioner=inputs.practitioner,
+    )
+
+
+@router.api_route("/PlanDefinition/$apply", methods=["GET", "POST"], response_class=FhirResponse)
+async def plan_apply_by_url(request: Request, runtime: RuntimeDep) -> FhirResponse:
+    """Type-level ``$apply`` by canonical ``url`` (and optional ``version``)."""
+    inputs = await _inputs(request, runtime)
+    plan = _plan(runtime, None, inputs, "PlanDefinition")
+    out = await anyio.to_thread.run_sync(
+        _apply_plan, runtime, plan, inputs, limiter=runtime.limiter
+    )
+    return FhirResponse(out)
+
+
+@router.api_route(
+    "/PlanDefinition/{rid}/$apply", methods=["GET", "POST"], response_class=FhirResponse
+)
+async def plan_apply(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
+    """Instance-level ``$apply``: an R4 CarePlan with a contained RequestGroup."""
+    inputs = await _inputs(request, runtime)
+    plan = _plan(runtime, rid, inputs, "PlanDefinition")
+    out = await anyio.to_thread.run_sync(
+        _apply_plan, runtime, plan, inputs, limiter=runtime.limiter
+    )
+    return FhirResponse(out)
+
+
+def _apply_activity(runtime: Runtime, ad: Artifact, inputs: ApplyInputs) -> dict[str, Any]:
+    call = _call(runtime, inputs)
+    issues = IssueLog()
+    scope = runtime.engine.new_scope(call, issues)
+    with session(call.now, call.data.resolve):
+        resource = apply_activity(
+            ad.resource,
+            inputs.subject,
+            scope,
+            runtime.engine.compiler,
+            runtime.new_id,
+            f"ActivityDefinition/{ad.id}",
+        )
+    if inputs.encounter and resource["resourceType"] != "Task":
+        resource.setdefault("encounter", {"reference": inputs.encounter})
+    return resource
+
+
+@router.api_route(
+    "/ActivityDefinition/{rid}/$apply", methods=["GET", "POST"], response_class=FhirResponse
+)
+async def activity_apply(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
+    """``ActivityDefinition/$apply``: the request resource (``draft``/``proposal``)."""
+    inputs = await _inputs(request, runtime)
+    ad = _plan(runtime, rid, inputs, "ActivityDefinition")
+    out = await anyio.to_thread.run_sync(
+        _apply_activity, runtime, ad, inputs, limiter=runtime.limiter
+    )
+    return FhirResponse(out)
+
+
+def package(runtime: Runtime, root: Artifact) -> dict[str, Any]:
+    """The artifact and the closure of the artifacts it names by canonical."""
+    seen: dict[tuple[str, str], Artifact] = {}
+    pending = [root]
+    while pending:
+        art = pending.pop()
+        key = (art.resource_type, art.id)
+        if key in seen:
+            continue
+        seen[key] = art
+        for rtype, rid in CANONICAL_RE.findall(json.dumps(art.resource)):
+            found = runtime.knowledge.read(rtype, rid)
+            if found is not None:
+                pending.append(found)
+    entries = [
+        {
+            "fullUrl": f"{runtime.fhir_base}/{a.resource_type}/{a.id}",
+            "resource": a.resource,
+            "request": {"method": "PUT", "url": f"{a.resource_type}/{a.id}"},
+        }
+        for a in sorted(
+            seen.values(),
+            key=lambda a: (a.resource_type != root.resource_type, a.resource_type, a.id),
+        )
+    ]
+    return {
+        "resourceType": "Bundle",
+        "id": runtime.new_id(),
+        "type": "transaction",
+        "entry": entries,
+    }
+
+
+@router.api_route(
+    "/PlanDefinition/{rid}/$package", methods=["GET", "POST"], response_class=FhirResponse
+)
+async def plan_package(rid: str, runtime: RuntimeDep) -> FhirResponse:
+    """CRMI ``$package``: a transaction Bundle loadable into another FHIR server."""
+    artifact = runtime.knowledge.read("PlanDefinition", rid)
+    if artifact is None:
+        raise NotFound(f"PlanDefinition/{rid} is not known")
+    return FhirResponse(package(runtime, artifact))

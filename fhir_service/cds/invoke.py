@@ -1,0 +1,188 @@
+"""One CDS Hooks service call, from the parsed request body to the cards (no HTTP here).
+
+Steps (design-anchors.md "Data flow of one CDS Hooks call"):
+
+1. check the request envelope (``hook``, ``hookInstance``, ``context`` and the hook's required
+   context fields; ``fhirAuthorization`` needs ``fhirServer``), strip ``Patient/`` from
+   ``patientId``;
+2. complete the prefetch (``prefetch.complete_prefetch``: 412 naming the keys on failure);
+3. index the data: the record from prefetch, the hook's ``draftOrders`` as drafts (non-R4
+   orders such as DSTU2 ``MedicationOrder`` are ignored with a warning); on ``order-select``
+   only the drafts named in ``selections`` trigger order rules;
+4. apply every rule of the service in a worker thread (bounded concurrency) so the event loop
+   never blocks;
+5. map each rule's RequestGroup to cards, sorted critical → warning → info.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+
+from fhir_service.cds.cards import CardContext, build_cards, sort_cards
+from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
+from fhir_service.engine.data import DataSet, build_data_set, flatten, reference_of
+from fhir_service.engine.evaluation import CallInput
+from fhir_service.engine.fhirpath import session
+from fhir_service.errors import InvalidRequest, IssueLog, PayloadTooLarge
+from fhir_service.knowledge.services import CdsService
+from fhir_service.runtime import CANONICAL_BASE, Runtime
+
+log = logging.getLogger(__name__)
+
+#: Required context fields per hook (CDS Hooks Library 1.0.1; cds-hooks.md §1.11).
+REQUIRED_CONTEXT = {
+    "patient-view": ("userId", "patientId"),
+    "order-select": ("userId", "patientId", "selections", "draftOrders"),
+    "order-sign": ("userId", "patientId", "draftOrders"),
+    "encounter-start": ("userId", "patientId", "encounterId"),
+}
+
+
+@dataclass(frozen=True)
+class HookCall:
+    hook: str
+    hook_instance: str
+    context: dict[str, Any]
+    prefetch: dict[str, Any]
+    fhir_server: str | None
+    token: str | None
+
+    @property
+    def patient_id(self) -> str:
+        return str(self.context["patientId"])
+
+
+def _require_string(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(
+            f"'{name}' is required and must be a non-empty string", expression=[name]
+        )
+    return value
+
+
+def parse_hook_call(body: Any, service: CdsService) -> HookCall:
+    """Validate the envelope leniently (unknown members ignored); raise 400 on what is required."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    hook = _require_string(body, "hook")
+    hook_instance = _require_string(body, "hookInstance")
+    context = body.get("context")
+    if not isinstance(context, dict):
+        raise InvalidRequest("'context' is required and must be an object", expression=["context"])
+    if hook != service.hook:
+        raise InvalidRequest(
+            f"service {service.id} answers hook {service.hook!r}, not {hook!r}", expression=["hook"]
+        )
+    for field in REQUIRED_CONTEXT.get(hook, ()):
+        if context.get(field) in (None, "", [], {}):
+            raise InvalidRequest(
+                f"context.{field} is required for {hook}", expression=[f"context.{field}"]
+            )
+    context = dict(context)
+    patient_id = context.get("patientId")
+    if not isinstance(patient_id, str):
+        raise InvalidRequest("context.patientId must be a string", expression=["context.patientId"])
+    context["patientId"] = patient_id.removeprefix("Patient/")
+    if "selections" in context and not isinstance(context["selections"], list):
+        raise InvalidRequest(
+            "context.selections must be an array", expression=["context.selections"]
+        )
+    fhir_server = body.get("fhirServer")
+    if fhir_server is not None and not isinstance(fhir_server, str):
+        raise InvalidRequest("'fhirServer' must be a URL string", expression=["fhirServer"])
+    auth = body.get("fhirAuthorization")
+    token = None
+    if auth is not None:
+        if not fhir_server:
+            raise InvalidRequest(
+                "'fhirAuthorization' requires 'fhirServer' (cds-r-1)", expression=["fhirServer"]
+            )
+        if not isinstance(auth, dict) or not isinstance(auth.get("access_token"), str):
+            raise InvalidRequest(
+                "fhirAuthorization.access_token must be a string",
+                expression=["fhirAuthorization.access_token"],
+            )
+        token = auth["access_token"]
+    prefetch = body.get("prefetch")
+    if prefetch is not None and not isinstance(prefetch, dict):
+        raise InvalidRequest("'prefetch' must be an object", expression=["prefetch"])
+    return HookCall(hook, hook_instance, context, prefetch or {}, fhir_server or None, token)
+
+
+def _triggers(call: HookCall, data: DataSet) -> list[dict[str, Any]] | None:
+    if call.hook != "order-select":
+        return None
+    selected = {
+        s.removeprefix("/") for s in call.context.get("selections") or () if isinstance(s, str)
+    }
+    return [d for d in data.drafts if reference_of(d) in selected]
+
+
+def build_call_data(call: HookCall, prefetched: Mapping[str, Any], max_resources: int) -> DataSet:
+    drafts = call.context.get("draftOrders")
+    data = build_data_set(list(prefetched.values()), [drafts] if drafts else [])
+    if data.size > max_resources:
+        raise PayloadTooLarge(f"more than {max_resources} resources in the call")
+    if data.ignored:
+        log.warning(
+            "ignored non-R4 resources",
+            extra={"hookInstance": call.hook_instance, "types": sorted(set(data.ignored))},
+        )
+    return data
+
+
+def evaluate_service(
+    runtime: Runtime, service: CdsService, call: HookCall, data: DataSet
+) -> list[dict[str, Any]]:
+    """Apply the service's rules and build the cards (CPU-bound: run in a worker thread)."""
+    now = runtime.now()
+    issues = IssueLog()
+    triggers = _triggers(call, data)
+    scope = runtime.engine.new_scope(CallInput(data, now, call.patient_id, triggers), issues)
+    subject = f"Patient/{call.patient_id}"
+    cards: list[dict[str, Any]] = []
+    with session(now, data.resolve):
+        for rule in service.rules:
+            result = runtime.engine.apply(
+                rule.resource, scope, subject, runtime.new_id, hook=service.hook
+            )
+            resources = {f"#{r['id']}": r for r in result.resources if r.get("id")}
+            ctx = CardContext(runtime.new_id, runtime.fhir_base, CANONICAL_BASE, resources)
+            cards += build_cards(result.request_group, ctx, str(rule.resource.get("title")))
+    for issue in issues.issues:
+        log.warning(
+            "rule evaluation issue",
+            extra={
+                "hookInstance": call.hook_instance,
+                "service": service.id,
+                "where": ",".join(issue.expression),
+                "diagnostics": issue.diagnostics,
+            },
+        )
+    return sort_cards(cards)
+
+
+async def invoke(runtime: Runtime, service: CdsService, body: Any) -> list[dict[str, Any]]:
+    """Serve one call: envelope → prefetch → data → rules (in a thread) → cards."""
+    call = parse_hook_call(body, service)
+    fetcher = runtime.fetcher if call.fhir_server else None
+    prefetched = await complete_prefetch(
+        service.prefetch,
+        PrefetchRequest(call.context, call.prefetch, call.fhir_server, call.token),
+        fetcher,
+        runtime.settings.prefetch_deadline_seconds,
+    )
+    data = build_call_data(call, prefetched, runtime.settings.max_resources)
+    return await anyio.to_thread.run_sync(
+        evaluate_service, runtime, service, call, data, limiter=runtime.limiter
+    )
+
+
+def count_resources(values: Any) -> int:
+    return sum(1 for _ in flatten(values))

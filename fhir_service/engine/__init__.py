@@ -1,0 +1,1 @@
+"""The knowledge engine: FHIRPath evaluation, $apply, SDC operations. Knows nothing of HTTP."""

@@ -1,0 +1,101 @@
+"""``ActivityDefinition/$apply`` (R4): build the request resource an ActivityDefinition describes.
+
+Spec: https://hl7.org/fhir/R4/activitydefinition-operation-apply.html and clinical-reasoning.md
+§1.5. Every created request is ``status: draft`` and ``intent: proposal`` (CPG activity flow);
+the ActivityDefinition's dynamicValues are applied in document order, then the caller's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from fhir_service.engine.evaluation import Scope
+from fhir_service.engine.fhirpath import FhirPathCompiler
+from fhir_service.engine.values import result_value, set_path
+
+#: Request kinds whose subject element is ``for`` rather than ``subject``.
+SUBJECT_ELEMENT = {"Task": "for", "Appointment": None, "Claim": "patient", "Contract": None}
+
+
+def _common(kind: str, ad: dict[str, Any], subject: str, new_id: str) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": kind, "id": new_id, "status": "draft"}
+    if kind not in ("Appointment", "Contract", "Claim"):
+        resource["intent"] = "proposal"
+    element = SUBJECT_ELEMENT.get(kind, "subject")
+    if element:
+        resource[element] = {"reference": subject}
+    if ad.get("url"):
+        canonical = ad["url"] + (f"|{ad['version']}" if ad.get("version") else "")
+        if kind in ("ServiceRequest", "MedicationRequest", "CarePlan", "Task", "NutritionOrder"):
+            key = "instantiatesCanonical"
+            resource[key] = canonical if kind == "Task" else [canonical]
+    return resource
+
+
+def _kind_elements(kind: str, ad: dict[str, Any], resource: dict[str, Any]) -> None:
+    code = ad.get("code")
+    if kind == "MedicationRequest":
+        if "productCodeableConcept" in ad:
+            resource["medicationCodeableConcept"] = ad["productCodeableConcept"]
+        elif "productReference" in ad:
+            resource["medicationReference"] = ad["productReference"]
+        if ad.get("dosage"):
+            resource["dosageInstruction"] = ad["dosage"]
+    elif kind in ("ServiceRequest", "Task", "DeviceRequest") and code:
+        resource["codeCodeableConcept" if kind == "DeviceRequest" else "code"] = code
+    elif kind == "CommunicationRequest":
+        if code:
+            resource["category"] = [code]
+        if ad.get("description"):
+            resource["payload"] = [{"contentString": ad["description"]}]
+    if kind == "ServiceRequest" and ad.get("bodySite"):
+        resource["bodySite"] = ad["bodySite"]
+    if kind == "Task" and ad.get("description"):
+        resource["description"] = ad["description"]
+    if ad.get("doNotPerform") and kind in ("ServiceRequest", "MedicationRequest"):
+        resource["doNotPerform"] = True
+
+
+def apply_activity(
+    ad: dict[str, Any],
+    subject: str,
+    scope: Scope,
+    compiler: FhirPathCompiler,
+    new_id: Callable[[], str],
+    source: str,
+) -> dict[str, Any]:
+    """Build the request of ``ad`` for ``subject`` and apply the AD's dynamicValues."""
+    kind = str(ad.get("kind") or "Task")
+    resource = _common(kind, ad, subject, new_id())
+    _kind_elements(kind, copy.deepcopy(ad), resource)
+    apply_dynamic_values(resource, ad.get("dynamicValue") or [], scope, compiler, source)
+    return resource
+
+
+def apply_dynamic_values(
+    target: dict[str, Any],
+    dynamic_values: list[dict[str, Any]],
+    scope: Scope,
+    compiler: FhirPathCompiler,
+    source: str,
+) -> None:
+    """Apply ``dynamicValue`` (path, expression) pairs onto ``target`` in order.
+
+    An empty result is a no-op; a failing expression or path is recorded as an issue.
+    """
+    for index, dv in enumerate(dynamic_values):
+        path = str(dv.get("path", "")).lstrip("%")
+        expr = dv.get("expression") or {}
+        where = f"{source}.dynamicValue[{index}]"
+        if expr.get("language") != "text/fhirpath" or not isinstance(expr.get("expression"), str):
+            scope.issues.warning("dynamicValue language not supported (text/fhirpath only)", where)
+            continue
+        value = result_value(scope.evaluate(compiler.compile(expr["expression"]), where))
+        if value is None:
+            continue
+        try:
+            set_path(target, path, value)
+        except ValueError as exc:
+            scope.issues.error(str(exc), where)

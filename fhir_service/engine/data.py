@@ -1,0 +1,138 @@
+"""The patient data of one call, indexed once by type and by reference.
+
+Sources are lenient JSON (prefetch values, ``$apply`` ``data`` Bundles, hook context): Bundles are
+flattened, resources are de-duplicated by ``Type/id``, and contained resources are reachable by
+``#id`` from ``resolve()``. Draft orders are kept apart from the record: they are the orders being
+decided, never current medication (clinical-rules.md §1.1 "Draft order").
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Resource types that are not R4 (DSTU2/STU3 names); ignored with a warning.
+NON_R4_TYPES = frozenset(
+    {
+        "MedicationOrder",
+        "ProcedureRequest",
+        "ReferralRequest",
+        "DiagnosticOrder",
+        "DeviceUseRequest",
+    }
+)
+
+
+def flatten(value: Any) -> Iterable[dict[str, Any]]:
+    """Yield the resources in ``value`` (a resource, a Bundle, or a list of either)."""
+    if isinstance(value, list):
+        for item in value:
+            yield from flatten(item)
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return
+    if value["resourceType"] == "Bundle":
+        for entry in value.get("entry") or ():
+            if isinstance(entry, dict):
+                yield from flatten(entry.get("resource"))
+        return
+    yield value
+
+
+def reference_of(resource: Mapping[str, Any]) -> str | None:
+    rid = resource.get("id")
+    rtype = resource.get("resourceType")
+    if isinstance(rid, str) and isinstance(rtype, str):
+        return f"{rtype}/{rid}"
+    return None
+
+
+@dataclass
+class DataSet:
+    """Resources by type, by ``Type/id``, plus the draft orders of the call."""
+
+    by_type: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    by_ref: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contained: dict[str, dict[str, Any]] = field(default_factory=dict)
+    drafts: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.by_type.values()) + len(self.drafts)
+
+    def add(self, resource: dict[str, Any]) -> None:
+        """Add one record resource (de-duplicated by ``Type/id``)."""
+        rtype = resource["resourceType"]
+        if rtype in NON_R4_TYPES:
+            self.ignored.append(rtype)
+            return
+        ref = reference_of(resource)
+        if ref is not None:
+            if ref in self.by_ref:
+                return
+            self.by_ref[ref] = resource
+        self.by_type[rtype].append(resource)
+        self._index_contained(resource)
+
+    def add_draft(self, resource: dict[str, Any]) -> None:
+        """Add an order being decided (hook ``draftOrders``, or a ``draft`` in ``$apply`` data)."""
+        if resource["resourceType"] in NON_R4_TYPES:
+            self.ignored.append(resource["resourceType"])
+            return
+        self.drafts.append(resource)
+        ref = reference_of(resource)
+        if ref is not None:
+            self.by_ref.setdefault(ref, resource)
+        self._index_contained(resource)
+
+    def _index_contained(self, resource: Mapping[str, Any]) -> None:
+        for inner in resource.get("contained") or ():
+            if isinstance(inner, dict) and isinstance(inner.get("id"), str):
+                self.contained.setdefault("#" + inner["id"], inner)
+
+    def resolve(self, reference: str) -> dict[str, Any] | None:
+        """The resource a reference names: ``#id``, ``Type/id`` or an absolute URL ending so."""
+        if reference.startswith("#"):
+            return self.contained.get(reference)
+        found = self.by_ref.get(reference)
+        if found is None and "/" in reference:
+            parts = reference.rstrip("/").split("/")
+            if len(parts) >= 2:
+                found = self.by_ref.get(f"{parts[-2]}/{parts[-1]}")
+        return found
+
+    def patient(self, patient_id: str | None) -> dict[str, Any] | None:
+        if patient_id:
+            found = self.by_ref.get(f"Patient/{patient_id}")
+            if found is not None:
+                return found
+        patients = self.by_type.get("Patient") or []
+        return patients[0] if len(patients) == 1 else None
+
+    def is_draft(self, resource: Mapping[str, Any]) -> bool:
+        return any(resource is d for d in self.drafts)
+
+
+def build_data_set(
+    record: Iterable[Any], drafts: Iterable[Any] = (), *, drafts_from_status: bool = False
+) -> DataSet:
+    """Index ``record`` and ``drafts``.
+
+    Args:
+        record: resources or Bundles of the patient's record.
+        drafts: the orders being decided (hook ``context.draftOrders``).
+        drafts_from_status: ``$apply`` semantics: a record resource whose ``status`` is
+            ``draft`` is an order being decided.
+    """
+    data = DataSet()
+    for resource in flatten(list(drafts)):
+        data.add_draft(resource)
+    for resource in flatten(list(record)):
+        if drafts_from_status and resource.get("status") == "draft":
+            data.add_draft(resource)
+        else:
+            data.add(resource)
+    return data

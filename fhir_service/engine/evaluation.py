@@ -1,0 +1,129 @@
+"""The variables of one evaluation: engine variables, data collections, Library parameters and
+variables, PlanDefinition variables — each computed at most once per call, and only if read.
+
+Variable order of precedence (README "Writing rules"):
+
+* engine: ``%patient``, ``%now``, ``%today``, ``%draftOrders``, ``%triggers``;
+* one collection per resource type in the record, e.g. ``%Condition`` (empty when absent);
+* Library ``parameter`` defaults (``cqf-defaultValue``), overridable per ``$apply`` call;
+* Library ``variable`` extensions, then PlanDefinition ``variable`` extensions.
+
+A variable that fails to evaluate is recorded as an issue and reads as empty; it never fails
+the call (clinical-reasoning.md §1.3; design-anchors.md lesson 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fhir_service.engine.data import DataSet
+from fhir_service.engine.fhirpath import CompiledExpression, fhir_date, fhir_datetime, quantity
+from fhir_service.errors import IssueLog
+
+UNIT_WORDS = {"a": "years", "mo": "months", "wk": "weeks", "d": "days", "h": "hours"}
+
+
+def parameter_value(key: str, value: Any) -> Any:
+    """A ``value[x]`` default as a FHIRPath value (Quantity/Duration/Age → FHIRPath Quantity)."""
+    if key in ("valueQuantity", "valueDuration", "valueAge") and isinstance(value, dict):
+        unit = value.get("unit") or UNIT_WORDS.get(str(value.get("code")), value.get("code"))
+        return quantity(value["value"], str(unit))
+    return value
+
+
+@dataclass(frozen=True)
+class VariableDef:
+    name: str
+    expression: CompiledExpression
+    source: str
+
+
+@dataclass
+class CallInput:
+    """What a call evaluates over."""
+
+    data: DataSet
+    now: datetime
+    patient_id: str | None = None
+    triggers: list[dict[str, Any]] | None = None  # None: every draft triggers
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Scope:
+    """Lazily computed, memoised variables of one call (or of one PlanDefinition in a call)."""
+
+    def __init__(
+        self,
+        call: CallInput,
+        variables: Mapping[str, VariableDef],
+        defaults: Mapping[str, Any],
+        issues: IssueLog,
+        parent: Scope | None = None,
+    ) -> None:
+        self.call = call
+        self.variables = variables
+        self.defaults = defaults
+        self.issues = issues
+        self.parent = parent
+        self._memo: dict[str, Any] = {}
+        self._active: set[str] = set()
+        self.patient: dict[str, Any] | None = (
+            call.data.patient(call.patient_id) if parent is None else parent.patient
+        )
+
+    def child(self, variables: Mapping[str, VariableDef]) -> Scope:
+        return Scope(self.call, variables, {}, self.issues, parent=self)
+
+    def get(self, name: str) -> Any:
+        if name in self._memo:
+            return self._memo[name]
+        if name in self.variables:
+            value = self._evaluate_variable(self.variables[name])
+        elif self.parent is not None:
+            return self.parent.get(name)
+        else:
+            value = self._base(name)
+        self._memo[name] = value
+        return value
+
+    def _base(self, name: str) -> Any:
+        call = self.call
+        if name in call.parameters:
+            return call.parameters[name]
+        if name in self.defaults:
+            return self.defaults[name]
+        if name == "patient":
+            return self.patient if self.patient is not None else []
+        if name == "now":
+            return fhir_datetime(call.now)
+        if name == "today":
+            return fhir_date(call.now)
+        if name == "draftOrders":
+            return call.data.drafts
+        if name == "triggers":
+            return call.data.drafts if call.triggers is None else call.triggers
+        return call.data.by_type.get(name, [])
+
+    def _evaluate_variable(self, var: VariableDef) -> Any:
+        if var.name in self._active:
+            self.issues.error(f"variable %{var.name} refers to itself", var.source)
+            return []
+        self._active.add(var.name)
+        try:
+            return self.evaluate(var.expression, var.source)
+        finally:
+            self._active.discard(var.name)
+
+    def env(self, expression: CompiledExpression) -> dict[str, Any]:
+        return {name: self.get(name) for name in expression.variables}
+
+    def evaluate(self, expression: CompiledExpression, source: str) -> list[Any]:
+        """Evaluate on the patient; on failure record an issue and return empty."""
+        try:
+            return expression.evaluate(self.patient or {}, self.env(expression))
+        except Exception as exc:  # fhirpathpy raises assorted types; never fail the call
+            self.issues.error(f"expression failed: {type(exc).__name__}: {exc}", source)
+            return []

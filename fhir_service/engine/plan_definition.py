@@ -1,0 +1,297 @@
+"""``PlanDefinition/$apply`` (R4): walk the actions, gate them, build a RequestGroup.
+
+Steps (clinical-reasoning.md §1.3; cqframework ApplyProcessor):
+
+1. bind the call's variables (``evaluation.Scope``) and the PlanDefinition's own variables;
+2. for each action (in order): skip it when its ``named-event`` triggers do not name the hook
+   being served (``$apply`` serves every hook); evaluate its ``applicability`` conditions (all
+   must be ``true``; an error or a non-boolean result records an issue and the action does not
+   apply);
+3. copy the card-relevant elements onto a RequestGroup action (id, title, description,
+   textEquivalent, code, documentation, priority, behaviours, relatedAction, timing, type,
+   extension);
+4. resolve ``definitionCanonical`` (ActivityDefinition → request resource; PlanDefinition →
+   nested RequestGroup), or the ``action-target`` extension for ``update``/``remove`` actions
+   (the draft order to change), then apply the action's dynamicValues: ``action.*`` paths set
+   the RequestGroup action (e.g. a templated title), other paths the resource;
+5. recurse into child actions (suggestions and their alternatives).
+
+Nothing here knows any rule: the rule lives in ``definitions/``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_service.engine.activity_definition import apply_activity, apply_dynamic_values
+from fhir_service.engine.evaluation import CallInput, Scope, VariableDef, parameter_value
+from fhir_service.engine.fhirpath import FhirPathCompiler, as_boolean
+from fhir_service.engine.values import result_value, set_path
+from fhir_service.errors import IssueLog
+from fhir_service.knowledge.expressions import parameter_defaults, variables_of
+from fhir_service.knowledge.repository import KnowledgeBase
+
+EXT_BASE = "http://example.org/fhir/muscle-spasm/StructureDefinition"
+ACTION_TARGET_EXT = f"{EXT_BASE}/action-target"
+COPIED_ELEMENTS = (
+    "id",
+    "prefix",
+    "title",
+    "description",
+    "textEquivalent",
+    "priority",
+    "code",
+    "documentation",
+    "relatedAction",
+    "timingDateTime",
+    "timingDuration",
+    "timingPeriod",
+    "timingTiming",
+    "type",
+    "groupingBehavior",
+    "selectionBehavior",
+    "requiredBehavior",
+    "precheckBehavior",
+    "cardinalityBehavior",
+    "extension",
+)
+
+
+def hooks_of(action: Mapping[str, Any]) -> set[str]:
+    """The hook names of an action's ``named-event`` triggers."""
+    return {
+        str(t.get("name"))
+        for t in action.get("trigger") or ()
+        if t.get("type") == "named-event" and t.get("name")
+    }
+
+
+def plan_hooks(plan: Mapping[str, Any]) -> set[str]:
+    out: set[str] = set()
+    for action in plan.get("action") or ():
+        out |= hooks_of(action)
+    return out
+
+
+@dataclass
+class ApplyResult:
+    """The outcome of applying one PlanDefinition."""
+
+    plan: dict[str, Any]
+    request_group: dict[str, Any]
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    issues: IssueLog = field(default_factory=IssueLog)
+
+
+class PlanEngine:
+    """Applies the PlanDefinitions of a knowledge base; shared by every call (read-only)."""
+
+    def __init__(self, knowledge: KnowledgeBase) -> None:
+        self.knowledge = knowledge
+        self.compiler: FhirPathCompiler = knowledge.compiler
+        self.library_variables: dict[str, VariableDef] = {}
+        self.defaults: dict[str, Any] = {}
+        for lib in knowledge.of_type("Library"):
+            for name, (key, value) in parameter_defaults(lib.resource).items():
+                self.defaults[name] = parameter_value(key, value)
+            for var in variables_of(lib.resource):
+                self._add_variable(self.library_variables, var, f"Library/{lib.id}")
+        self.plan_variables: dict[str, dict[str, VariableDef]] = {}
+        for plan in knowledge.of_type("PlanDefinition"):
+            scope: dict[str, VariableDef] = {}
+            for var in variables_of(plan.resource):
+                self._add_variable(scope, var, f"PlanDefinition/{plan.id}")
+            self.plan_variables[plan.id] = scope
+
+    def _add_variable(
+        self, into: dict[str, VariableDef], var: Mapping[str, Any], source: str
+    ) -> None:
+        name = str(var.get("name"))
+        compiled = self.compiler.compile(str(var.get("expression")))
+        into[name] = VariableDef(name, compiled, f"{source}.variable[{name}]")
+
+    def new_scope(self, call: CallInput, issues: IssueLog) -> Scope:
+        """The call-wide scope: library variables are computed once and shared by all plans."""
+        return Scope(call, self.library_variables, self.defaults, issues)
+
+    def apply(
+        self,
+        plan: dict[str, Any],
+        scope: Scope,
+        subject: str,
+        new_id: Callable[[], str],
+        hook: str | None = None,
+    ) -> ApplyResult:
+        """Apply ``plan`` for ``subject``; ``hook`` limits top-level actions to that trigger."""
+        issues = IssueLog()
+        plan_scope = Scope(
+            scope.call,
+            self.plan_variables.get(str(plan.get("id")), {}),
+            {},
+            issues,
+            parent=scope,
+        )
+        walker = _Walker(self, plan, plan_scope, subject, new_id, hook)
+        actions = walker.actions(plan.get("action") or [], "PlanDefinition.action", top=True)
+        group = request_group(plan, subject, new_id(), actions)
+        scope.issues.issues.extend(issues.issues)
+        return ApplyResult(plan, group, walker.resources, issues)
+
+
+def canonical_of(resource: Mapping[str, Any]) -> str:
+    url = str(resource.get("url", ""))
+    return f"{url}|{resource['version']}" if resource.get("version") else url
+
+
+def request_group(
+    plan: Mapping[str, Any], subject: str, group_id: str, actions: list[dict[str, Any]]
+) -> dict[str, Any]:
+    group: dict[str, Any] = {
+        "resourceType": "RequestGroup",
+        "id": group_id,
+        "instantiatesCanonical": [canonical_of(plan)],
+        "status": "draft",
+        "intent": "proposal",
+        "subject": {"reference": subject},
+    }
+    if actions:
+        group["action"] = actions
+    return group
+
+
+class _Walker:
+    """One PlanDefinition walk (holds the resources it creates)."""
+
+    def __init__(
+        self,
+        engine: PlanEngine,
+        plan: dict[str, Any],
+        scope: Scope,
+        subject: str,
+        new_id: Callable[[], str],
+        hook: str | None,
+    ) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.scope = scope
+        self.subject = subject
+        self.new_id = new_id
+        self.hook = hook
+        self.resources: list[dict[str, Any]] = []
+        self.source = f"PlanDefinition/{plan.get('id')}"
+
+    def actions(self, actions: list[dict[str, Any]], path: str, top: bool) -> list[dict[str, Any]]:
+        out = []
+        for index, action in enumerate(actions):
+            here = f"{path}[{index}]"
+            if top and self.hook is not None and self.hook not in hooks_of(action):
+                continue
+            built = self.action(action, here)
+            if built is not None:
+                out.append(built)
+        return out
+
+    def applicable(self, action: Mapping[str, Any], path: str) -> bool:
+        for index, condition in enumerate(action.get("condition") or ()):
+            if condition.get("kind") != "applicability":
+                continue
+            where = f"{self.source}.{path}.condition[{index}]"
+            expr = condition.get("expression") or {}
+            if expr.get("language") != "text/fhirpath":
+                self.scope.issues.warning("condition language not supported", where)
+                return False
+            compiled = self.engine.compiler.compile(str(expr.get("expression")))
+            result = self.scope.evaluate(compiled, where)
+            verdict = as_boolean(result)
+            if verdict is None:
+                if result:
+                    self.scope.issues.warning("condition did not return a boolean", where)
+                return False
+            if not verdict:
+                return False
+        return True
+
+    def action(self, action: dict[str, Any], path: str) -> dict[str, Any] | None:
+        if not self.applicable(action, path):
+            return None
+        built: dict[str, Any] = {
+            k: copy.deepcopy(action[k]) for k in COPIED_ELEMENTS if k in action
+        }
+        resource = self.resolve_definition(action, path)
+        for index, dv in enumerate(action.get("dynamicValue") or ()):
+            self.dynamic_value(dv, built, resource, f"{self.source}.{path}.dynamicValue[{index}]")
+        if resource is not None:
+            built["resource"] = {"reference": self.reference_to(resource, action)}
+        children = self.actions(action.get("action") or [], f"{path}.action", top=False)
+        if children:
+            built["action"] = children
+        return built
+
+    def reference_to(self, resource: dict[str, Any], action: Mapping[str, Any]) -> str:
+        if action.get("type", {}).get("coding", [{}])[0].get("code") == "remove":
+            return f"{resource['resourceType']}/{resource.get('id')}"
+        return f"#{resource['id']}"
+
+    def resolve_definition(self, action: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+        where = f"{self.source}.{path}"
+        canonical = action.get("definitionCanonical")
+        if isinstance(canonical, str):
+            target = self.engine.knowledge.by_canonical(canonical)
+            if target is None:
+                self.scope.issues.error(f"definition {canonical} not found", where)
+                return None
+            if target.resource_type == "ActivityDefinition":
+                resource = apply_activity(
+                    target.resource,
+                    self.subject,
+                    self.scope,
+                    self.engine.compiler,
+                    self.new_id,
+                    f"ActivityDefinition/{target.id}",
+                )
+                self.resources.append(resource)
+                return resource
+            nested = self.engine.apply(
+                target.resource, self.scope, self.subject, self.new_id, hook=None
+            )
+            self.resources.extend(nested.resources)
+            self.resources.append(nested.request_group)
+            return nested.request_group
+        for ext in action.get("extension") or ():
+            if ext.get("url") == ACTION_TARGET_EXT and isinstance(ext.get("valueExpression"), dict):
+                expr = self.engine.compiler.compile(str(ext["valueExpression"].get("expression")))
+                found = [r for r in self.scope.evaluate(expr, where) if isinstance(r, dict)]
+                if not found:
+                    return None
+                code = action.get("type", {}).get("coding", [{}])[0].get("code")
+                updated: dict[str, Any] = copy.deepcopy(found[0])
+                if code != "remove":
+                    self.resources.append(updated)
+                return updated
+        return None
+
+    def dynamic_value(
+        self,
+        dv: Mapping[str, Any],
+        built: dict[str, Any],
+        resource: dict[str, Any] | None,
+        where: str,
+    ) -> None:
+        path = str(dv.get("path", "")).lstrip("%")
+        if path.startswith("action."):
+            expr = dv.get("expression") or {}
+            compiled = self.engine.compiler.compile(str(expr.get("expression")))
+            value = result_value(self.scope.evaluate(compiled, where))
+            if value is None:
+                return
+            try:
+                set_path(built, path[len("action.") :], value)
+            except ValueError as exc:
+                self.scope.issues.error(str(exc), where)
+        elif resource is not None:
+            apply_dynamic_values(resource, [dict(dv)], self.scope, self.engine.compiler, where)
+        else:
+            self.scope.issues.warning("dynamicValue has no resource to set", where)

@@ -1,0 +1,1 @@
+"""Knowledge artifacts: loading, validation at start-up, and the repository that serves them."""

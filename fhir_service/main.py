@@ -1,0 +1,147 @@
+"""The ASGI application: ``fhir_service.main:app``, built by ``create_app()``.
+
+``create_app`` loads and validates ``definitions/`` before anything is served: a bad artifact
+raises ``KnowledgeError`` and the service refuses to start (contract "Install and run").
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from fhir_service import __version__
+from fhir_service.api import cds_hooks, fhir_rest, operations
+from fhir_service.api.responses import FhirResponse, JsonResponse
+from fhir_service.errors import FhirError, Issue, Unauthorized, operation_outcome
+from fhir_service.logging_setup import configure_logging
+from fhir_service.middleware import AccessLogMiddleware, CatchAllMiddleware, CorsMiddleware
+from fhir_service.runtime import Runtime, build_runtime
+from fhir_service.settings import Settings
+
+log = logging.getLogger(__name__)
+STATUS_CODES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+}
+
+
+def _error_response(
+    request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    cls = JsonResponse if request.url.path.startswith("/cds-services") else FhirResponse
+    return cls(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error becomes an OperationOutcome with the right status (errors.py)."""
+
+    async def fhir_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, FhirError)
+        headers = dict(exc.headers)
+        if isinstance(exc, Unauthorized):
+            log.info("unauthorized", extra={"reason": exc.reason, "path": request.url.path})
+            headers["WWW-Authenticate"] = "Bearer"
+        return _error_response(request, exc.status_code, exc.outcome(), headers)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        issues = [
+            Issue(
+                "error",
+                "invalid",
+                str(err.get("msg", "invalid input")),
+                (".".join(str(p) for p in err.get("loc", ())),),
+            )
+            for err in exc.errors()[:20]
+        ]
+        return _error_response(request, 400, operation_outcome(issues))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = STATUS_CODES.get(exc.status_code, "processing")
+        body = operation_outcome([Issue("error", code, str(exc.detail))])
+        return _error_response(request, exc.status_code, body, dict(exc.headers or {}))
+
+    app.add_exception_handler(FhirError, fhir_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app; raises ``KnowledgeError`` (refusing to start) on a bad knowledge base."""
+    settings = settings or (runtime.settings if runtime else Settings())
+    configure_logging(settings.log_level)
+    runtime = runtime or build_runtime(settings)
+    if settings.auth == "off":
+        log.warning(
+            "FHIR_SERVICE_AUTH=off: CDS Hooks calls are not authenticated (development only)"
+        )
+    log.info(
+        "knowledge loaded",
+        extra={
+            "artifacts": len(runtime.knowledge.artifacts),
+            "knowledge": runtime.knowledge.version,
+        },
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await runtime.aclose()
+
+    app = FastAPI(
+        title="Muscle spasm FHIR guideline service",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(CorsMiddleware)
+    app.add_middleware(AccessLogMiddleware)
+    include_routers(app)
+
+    @app.get("/healthz", tags=["Operations"])
+    async def healthz() -> JsonResponse:
+        return JsonResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["Operations"])
+    async def readyz() -> JsonResponse:
+        return JsonResponse(
+            {
+                "status": "ok",
+                "knowledge": runtime.knowledge.version,
+                "artifacts": len(runtime.knowledge.artifacts),
+                "services": sorted(runtime.services),
+            }
+        )
+
+    return app
+
+
+def include_routers(app: FastAPI) -> None:
+    """Operation routes go before the generic ``/fhir/{type}/{id}`` read route."""
+    app.include_router(cds_hooks.router)
+    app.include_router(operations.router)
+    try:  # SDC operations and the forms page (fhir_service/api/sdc.py)
+        sdc = importlib.import_module("fhir_service.api.sdc")
+        app.include_router(sdc.router)
+    except ImportError:  # pragma: no cover - present in every release build
+        log.warning("SDC operations not available")
+    app.include_router(fhir_rest.router)
+
+
+app = create_app()

@@ -1,0 +1,154 @@
+"""Pure-ASGI middleware: CORS on every response (errors included), a last-resort 500
+OperationOutcome with a correlation id and no trace, and a PHI-free access log.
+
+Starlette answers unhandled errors from ``ServerErrorMiddleware``, outside any user middleware,
+so its 500s would carry no CORS header (cds-hooks.md §0 item 9): ``CatchAllMiddleware`` sits
+inside ``CorsMiddleware`` and turns every unhandled exception into our own 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_service.errors import Issue, operation_outcome
+
+log = logging.getLogger("fhir_service.access")
+ALLOW_METHODS = "GET, POST, OPTIONS"
+ALLOW_HEADERS = "authorization, content-type, accept, prefer"
+EXPOSE_HEADERS = "Location, Content-Location, X-Correlation-Id"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class CorsMiddleware:
+    """``Access-Control-Allow-Origin`` on every response; preflights answered without auth."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        origin = _header(scope, b"origin")
+        allow_origin = origin or "*"
+        if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
+            headers = [
+                (b"access-control-allow-origin", allow_origin.encode("latin-1")),
+                (b"access-control-allow-methods", ALLOW_METHODS.encode()),
+                (b"access-control-allow-headers", ALLOW_HEADERS.encode()),
+                (b"access-control-max-age", b"600"),
+                (b"vary", b"Origin"),
+                (b"content-length", b"0"),
+            ]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                headers.append((b"access-control-allow-origin", allow_origin.encode("latin-1")))
+                headers.append((b"access-control-expose-headers", EXPOSE_HEADERS.encode()))
+                if origin:
+                    headers.append((b"vary", b"Origin"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+class CatchAllMiddleware:
+    """Unhandled error → 500 OperationOutcome naming a correlation id; logs the type only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            correlation = str(uuid.uuid4())
+            log.error(
+                "unhandled error",
+                extra={"correlationId": correlation, "error": type(exc).__name__},
+            )
+            if started:
+                raise
+            body = orjson.dumps(
+                operation_outcome(
+                    [
+                        Issue(
+                            "error",
+                            "exception",
+                            f"Internal server error (correlation id {correlation})",
+                        )
+                    ]
+                )
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/fhir+json; charset=utf-8"),
+                        (b"x-correlation-id", correlation.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
+class AccessLogMiddleware:
+    """One log line per request: method, path (no query string), status, milliseconds."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status: dict[str, Any] = {"code": 0}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status["code"],
+                    "ms": round((time.perf_counter() - start) * 1000, 2),
+                },
+            )
