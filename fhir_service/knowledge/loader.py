@@ -10,8 +10,8 @@ Checks (each failure names the file and the problem; all problems are reported a
 5. canonical references resolve: ``PlanDefinition.library``, ``action.definitionCanonical``,
    ``memberOf()``/``ingredients()`` value sets, ``answerValueSet``;
 6. every FHIRPath expression compiles, and every ``%variable`` of a PlanDefinition or Library
-   expression is defined (engine variable, resource-type collection, Library parameter or
-   variable, or an earlier PlanDefinition variable).
+   expression is defined (engine variable, resource-type collection, a parameter or variable of
+   any Library — names are global and must be unique — or a variable of that PlanDefinition).
 
 See design-anchors.md lesson 5 and https://hl7.org/fhir/R4/plandefinition.html.
 """
@@ -196,15 +196,21 @@ def check_expressions(artifacts: list[Artifact], compiler: FhirPathCompiler) -> 
             type_names[name] = _is_resource_type(name)
         return type_names[name]
 
+    library_names: set[str] = set()
+    for lib in libraries.values():
+        names = set(parameter_defaults(lib.resource)) | {
+            str(v.get("name")) for v in variables_of(lib.resource)
+        }
+        clash = names & library_names
+        if clash:
+            problems.append(
+                f"{lib.source}: names already defined by another Library: {sorted(clash)}"
+            )
+        library_names |= names
     for art in artifacts:
-        defined: set[str] = set()
-        if art.resource_type in ("PlanDefinition", "Library"):
-            libs = [art] if art.resource_type == "Library" else []
-            libs += [libraries[u] for u in art.resource.get("library") or () if u in libraries]
-            libs += [art] if art.resource_type == "PlanDefinition" else []
-            for lib in libs:
-                defined |= set(parameter_defaults(lib.resource))
-                defined |= {str(v.get("name")) for v in variables_of(lib.resource)}
+        defined = set(library_names)
+        if art.resource_type == "PlanDefinition":
+            defined |= {str(v.get("name")) for v in variables_of(art.resource)}
         check_vars = art.resource_type in ("PlanDefinition", "Library")
         for path, expr in iter_expressions(art.resource, art.resource_type):
             try:
