@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint fmt typecheck pytest lock bench fuzz examples clean system-deps
+.PHONY: install run test lint fmt typecheck pytest lock bench fuzz examples clean system-deps browser-deps forms-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,10 +22,16 @@ install: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-run: install
+forms-deps:
+	@bash scripts/browser-deps.sh --lforms-only
+
+browser-deps: install
+	@bash scripts/browser-deps.sh
+
+run: install forms-deps
 	FHIR_SERVICE_AUTH=off \
 	FHIR_SERVICE_FHIR_SERVER_ALLOWLIST='*,http://127.0.0.1,http://localhost' \
-	$(BIN)/uvicorn fhir_service.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/uvicorn fhir_service.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 lint: install
 	$(BIN)/ruff check fhir_service tests bench scripts
@@ -38,7 +44,7 @@ fmt: install
 typecheck: install
 	$(BIN)/mypy fhir_service
 
-pytest: install system-deps
+pytest: install system-deps browser-deps
 	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 test: lint typecheck pytest

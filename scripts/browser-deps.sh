@@ -8,7 +8,10 @@
 #   * Python playwright==1.65.2 into .venv (the driver only; no browser download).
 # Each step is optional for the tests: tests/browser skips with a reason when Chromium is absent.
 # Never fails the build: a step that cannot run prints why and the script goes on.
+# With --lforms-only (used by `make run`), only step 1 runs.
 set -u
+LFORMS_ONLY=0
+[ "${1:-}" = "--lforms-only" ] && LFORMS_ONLY=1
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 FORMS="$ROOT/fhir_service/static/forms"
@@ -27,6 +30,8 @@ elif command -v npm >/dev/null 2>&1; then
 else
   echo "browser-deps: npm not found; lforms not installed" >&2
 fi
+
+[ "$LFORMS_ONLY" = "1" ] && exit 0
 
 # 2. Debian chromium
 if ! command -v chromium >/dev/null 2>&1; then
