@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+LINT_PATHS := $(wildcard fhir_service tests bench scripts examples)
 
 .PHONY: install run test lint fmt typecheck pytest lock bench fuzz examples clean system-deps browser-deps forms-deps
 
@@ -34,12 +35,12 @@ run: install forms-deps
 	$(BIN)/uvicorn fhir_service.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 lint: install
-	$(BIN)/ruff check fhir_service tests bench scripts
-	$(BIN)/ruff format --check fhir_service tests bench scripts
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 fmt: install
-	$(BIN)/ruff check --fix fhir_service tests bench scripts
-	$(BIN)/ruff format fhir_service tests bench scripts
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
 
 typecheck: install
 	$(BIN)/mypy fhir_service
