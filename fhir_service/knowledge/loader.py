@@ -26,6 +26,7 @@ from typing import Any
 
 from fhir_service import fhir
 from fhir_service.engine.fhirpath import FhirPathCompiler
+from fhir_service.engine.questionnaire_populate import compile_questionnaire
 from fhir_service.engine.terminology import Terminology
 from fhir_service.knowledge.expressions import iter_expressions, parameter_defaults, variables_of
 
@@ -208,6 +209,11 @@ def check_expressions(artifacts: list[Artifact], compiler: FhirPathCompiler) -> 
             )
         library_names |= names
     for art in artifacts:
+        if art.resource_type == "Questionnaire":
+            try:  # SDC population expressions: launch contexts and variables in scope
+                compile_questionnaire(art.resource, compiler)
+            except ValueError as exc:
+                problems.append(f"{art.source}: {exc}")
         defined = set(library_names)
         if art.resource_type == "PlanDefinition":
             defined |= {str(v.get("name")) for v in variables_of(art.resource)}
