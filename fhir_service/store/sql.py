@@ -437,18 +437,18 @@ class SqlStore:
     def _insert_ignoring_conflict(conn: Connection, table: Table, row: Mapping[str, Any]) -> bool:
         """Insert ``row`` unless it breaks a unique key; True when a row was inserted."""
         dialect = conn.dialect.name
-        if dialect == "sqlite":
-            result = conn.execute(sqlite_insert(table).values(row).on_conflict_do_nothing())
-        elif dialect == "postgresql":
-            result = conn.execute(pg_insert(table).values(row).on_conflict_do_nothing())
-        else:
-            try:
-                with conn.begin_nested():
-                    conn.execute(table.insert().values(row))
-            except sa_exc.IntegrityError:
-                return False
-            return True
-        return result.rowcount == 1
+        if dialect in ("sqlite", "postgresql"):
+            insert = sqlite_insert if dialect == "sqlite" else pg_insert
+            key = next(iter(table.primary_key.columns))
+            # RETURNING gives the inserted row only (INSERT's rowcount is not reliable here).
+            stmt = insert(table).values(row).on_conflict_do_nothing().returning(key)
+            return conn.execute(stmt).first() is not None
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(row))
+        except sa_exc.IntegrityError:
+            return False
+        return True
 
     # -- public API -------------------------------------------------------------------------
 

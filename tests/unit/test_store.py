@@ -476,6 +476,29 @@ class StoreContract:
         assert sum(r.duplicates for r in results) == 10
         assert count(stores[1], feedback_rows) == 2
 
+    def test_replicas_starting_together_create_the_schema_once(self, make_store: MakeStore) -> None:
+        stores: list[SqlStore] = []
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(4)
+
+        def start() -> None:
+            try:
+                barrier.wait()
+                stores.append(make_store())
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(stores) == 4
+        for i, store in enumerate(stores):
+            store.record_cards(SERVICE, "h", [card(f"c-{i}")], ISSUED_AT)
+        assert rule_entry(stores[0], SERVICE, "MS-01")["issued"] == 4
+
     def test_ping_and_close(self, make_store: MakeStore) -> None:
         store = make_store()
         store.ping()
