@@ -60,6 +60,11 @@ def result_value(result: list[Any]) -> Any:
     return items[0] if len(items) == 1 else items
 
 
+def is_simple_path(path: str) -> bool:
+    """Whether ``path`` has the form ``set_path`` writes (``a.b[0].c``)."""
+    return bool(path) and all(_SEGMENT.match(segment) for segment in path.split("."))
+
+
 def set_path(target: dict[str, Any], path: str, value: Any) -> None:
     """Write ``value`` at a simple FHIR path (``a.b[0].c``) inside ``target``, creating parents.
 

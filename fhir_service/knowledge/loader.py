@@ -5,13 +5,18 @@ Checks (each failure names the file and the problem; all problems are reported a
 1. the file parses as JSON and holds one knowledge resource (PlanDefinition, ActivityDefinition,
    Questionnaire, Library, ValueSet, CodeSystem);
 2. it validates as FHIR R4 (``fhir.validate_resource``: R4B models, R4B-only elements refused);
-3. the file is named ``<ResourceType>-<id>.json`` and ``url`` ends in ``/<ResourceType>/<id>``;
+3. the file is named ``<ResourceType>-<id>.json`` and ``url`` is
+   ``<canonical base>/<ResourceType>/<id>``;
 4. ``url|version`` is unique;
-5. canonical references resolve: ``PlanDefinition.library``, ``action.definitionCanonical``,
-   ``memberOf()``/``ingredients()`` value sets, ``answerValueSet``;
-6. every FHIRPath expression compiles, and every ``%variable`` of a PlanDefinition or Library
-   expression is defined (engine variable, resource-type collection, a parameter or variable of
-   any Library — names are global and must be unique — or a variable of that PlanDefinition).
+5. canonical references resolve: ``PlanDefinition.library``, ``action.definitionCanonical``
+   (without a cycle of nested PlanDefinitions), ``memberOf()``/``ingredients()`` value sets,
+   ``answerValueSet``; an ActivityDefinition ``kind`` is a request resource type;
+6. every FHIRPath expression compiles; PlanDefinition, ActivityDefinition and Library logic
+   (conditions, dynamicValues, variables) is ``text/fhirpath`` with simple dynamicValue paths;
+   every ``%variable`` of a PlanDefinition, ActivityDefinition or Library expression is defined
+   (engine variable, resource-type collection, a parameter or variable of any Library — names
+   are global and must be unique — or a variable of that PlanDefinition), and variables do not
+   depend on themselves.
 
 See design-anchors.md lesson 5 and https://hl7.org/fhir/R4/plandefinition.html.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,13 @@ from fhir_service import fhir
 from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.questionnaire_populate import compile_questionnaire
 from fhir_service.engine.terminology import Terminology
-from fhir_service.knowledge.expressions import iter_expressions, parameter_defaults, variables_of
+from fhir_service.engine.values import is_simple_path
+from fhir_service.knowledge.expressions import (
+    FHIRPATH,
+    VARIABLE_EXT,
+    iter_expressions,
+    variables_of,
+)
 
 KNOWLEDGE_TYPES = (
     "PlanDefinition",
@@ -40,7 +52,32 @@ KNOWLEDGE_TYPES = (
 )
 #: Variables the engine binds for every PlanDefinition evaluation (README "Writing rules").
 ENGINE_VARIABLES = frozenset({"patient", "now", "today", "draftOrders", "triggers"})
-VALUESET_ARG_RE = re.compile(r"\.(?:memberOf|ingredients)\(\s*'([^']+)'\s*\)")
+#: ``memberOf('<url>')``/``ingredients('<url>')``, as a method (``code.memberOf(...)``) or as a
+#: bare invocation on ``$this`` (``where(memberOf(...))``).
+VALUESET_ARG_RE = re.compile(r"(?<![\w$])(?:memberOf|ingredients)\(\s*'([^']+)'\s*\)")
+VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: The canonical base of every knowledge artifact (contract, last section).
+CANONICAL_BASE = "http://example.org/fhir/muscle-spasm"
+#: R4 ``ActivityDefinition.kind`` (RequestResourceType) values the engine can build.
+REQUEST_KINDS = frozenset(
+    {
+        "Appointment",
+        "AppointmentResponse",
+        "CarePlan",
+        "Claim",
+        "CommunicationRequest",
+        "Contract",
+        "DeviceRequest",
+        "EnrollmentRequest",
+        "ImmunizationRecommendation",
+        "MedicationRequest",
+        "NutritionOrder",
+        "ServiceRequest",
+        "SupplyRequest",
+        "Task",
+        "VisionPrescription",
+    }
+)
 
 
 class KnowledgeError(Exception):
@@ -97,8 +134,9 @@ def read_artifacts(directory: Path) -> tuple[list[Artifact], list[str]]:
             problems.append(f"{name}: file name must be {rtype}-<id>.json with id {rid!r}")
             continue
         url = data.get("url")
-        if not isinstance(url, str) or not url.endswith(f"/{rtype}/{rid}"):
-            problems.append(f"{name}: url must end with /{rtype}/{rid} (got {url!r})")
+        expected = f"{CANONICAL_BASE}/{rtype}/{rid}"
+        if url != expected:
+            problems.append(f"{name}: url must be {expected} (got {url!r})")
             continue
         artifacts.append(Artifact(rtype, rid, url, data.get("version"), data, name))
     return artifacts, problems
@@ -159,6 +197,10 @@ def check_references(artifacts: list[Artifact]) -> list[str]:
                         action["definitionCanonical"],
                         ("ActivityDefinition", "PlanDefinition"),
                     )
+        if art.resource_type == "ActivityDefinition" and res.get("kind") not in REQUEST_KINDS:
+            problems.append(
+                f"{art.source}: kind {res.get('kind')!r} is not an R4 request resource type"
+            )
         for path, expr in iter_expressions(res, art.resource_type):
             for vs in VALUESET_ARG_RE.findall(expr["expression"]):
                 need(art, f"{path} value set", vs, ("ValueSet",))
@@ -168,6 +210,38 @@ def check_references(artifacts: list[Artifact]) -> list[str]:
                 if node not in contained:
                     need(art, path, node, ("ValueSet",))
     return problems
+
+
+def check_plan_cycles(artifacts: list[Artifact]) -> list[str]:
+    """A PlanDefinition may not reach itself through nested ``definitionCanonical``s."""
+    by_canonical: dict[str, Artifact] = {}
+    for art in artifacts:
+        if art.resource_type == "PlanDefinition" and art.url:
+            by_canonical[art.url] = art
+            if art.version:
+                by_canonical[f"{art.url}|{art.version}"] = art
+
+    def nested(art: Artifact) -> list[Artifact]:
+        out = []
+        for _, action in _walk_actions(art.resource.get("action") or [], "PlanDefinition"):
+            target = by_canonical.get(str(action.get("definitionCanonical")))
+            if target is not None:
+                out.append(target)
+        return out
+
+    problems: list[str] = []
+    for start in by_canonical.values():
+        seen: set[str] = set()
+        pending = nested(start)
+        while pending:
+            current = pending.pop()
+            if current is start:
+                problems.append(f"{start.source}: nested PlanDefinitions lead back to itself")
+                break
+            if current.source not in seen:
+                seen.add(current.source)
+                pending.extend(nested(current))
+    return sorted(set(problems))
 
 
 def _iter_key(node: Any, key: str, path: str) -> list[tuple[str, Any]]:
@@ -184,10 +258,109 @@ def _iter_key(node: Any, key: str, path: str) -> list[tuple[str, Any]]:
     return out
 
 
-def check_expressions(artifacts: list[Artifact], compiler: FhirPathCompiler) -> list[str]:
-    """Check 6: expressions compile; PlanDefinition/Library variables are all defined."""
+def _logic_expressions(art: Artifact) -> list[tuple[str, Any]]:
+    """The Expressions the PlanDefinition engine runs: conditions, dynamicValues, variables."""
+    res = art.resource
+    out: list[tuple[str, Any]] = []
+    if art.resource_type == "PlanDefinition":
+        for path, action in _walk_actions(res.get("action") or [], "PlanDefinition"):
+            for index, condition in enumerate(action.get("condition") or ()):
+                out.append((f"{path}.condition[{index}].expression", condition.get("expression")))
+            for index, dv in enumerate(action.get("dynamicValue") or ()):
+                out.append((f"{path}.dynamicValue[{index}].expression", dv.get("expression")))
+    if art.resource_type == "ActivityDefinition":
+        for index, dv in enumerate(res.get("dynamicValue") or ()):
+            out.append(
+                (f"ActivityDefinition.dynamicValue[{index}].expression", dv.get("expression"))
+            )
+    for index, ext in enumerate(res.get("extension") or ()):
+        if ext.get("url") == VARIABLE_EXT:
+            out.append((f"{art.resource_type}.extension[{index}]", ext.get("valueExpression")))
+    return out
+
+
+def _check_logic(art: Artifact) -> list[str]:
+    """Engine logic is ``text/fhirpath``, variables are named, dynamicValue paths are simple."""
     problems: list[str] = []
-    libraries = {a.url: a for a in artifacts if a.resource_type == "Library"}
+    if art.resource_type not in ("PlanDefinition", "ActivityDefinition", "Library"):
+        return problems
+    for path, expr in _logic_expressions(art):
+        if not isinstance(expr, dict) or not isinstance(expr.get("expression"), str):
+            problems.append(f"{art.source}: {path}: an Expression with an expression is needed")
+        elif expr.get("language") != FHIRPATH:
+            problems.append(
+                f"{art.source}: {path}: language {expr.get('language')!r} is not supported "
+                f"(only {FHIRPATH})"
+            )
+        elif ".extension[" in path and not VARIABLE_NAME_RE.fullmatch(str(expr.get("name"))):
+            problems.append(f"{art.source}: {path}: a variable needs a name (an identifier)")
+    dynamic_values: list[tuple[str, Any]] = []
+    if art.resource_type == "PlanDefinition":
+        for path, action in _walk_actions(art.resource.get("action") or [], "PlanDefinition"):
+            dynamic_values += [
+                (f"{path}.dynamicValue[{i}]", dv)
+                for i, dv in enumerate(action.get("dynamicValue") or ())
+            ]
+    elif art.resource_type == "ActivityDefinition":
+        dynamic_values += [
+            (f"ActivityDefinition.dynamicValue[{i}]", dv)
+            for i, dv in enumerate(art.resource.get("dynamicValue") or ())
+        ]
+    for path, dv in dynamic_values:
+        target = str(dv.get("path", "")).lstrip("%")
+        if not is_simple_path(target):
+            problems.append(f"{art.source}: {path}.path {dv.get('path')!r} is not a simple path")
+    return problems
+
+
+def _names(art: Artifact, kinds: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Names an artifact defines (Library parameters, variables), and the ones defined twice."""
+    names: list[str] = []
+    if "parameter" in kinds:
+        names += [
+            str(p.get("name"))
+            for p in art.resource.get("parameter") or ()
+            if p.get("use") == "in" and p.get("name")
+        ]
+    names += [str(v.get("name")) for v in variables_of(art.resource) if v.get("name")]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    return names, twice
+
+
+def _library_names(artifacts: list[Artifact]) -> tuple[dict[str, str], list[str]]:
+    """Every Library parameter and variable name (global, unique) → the file defining it."""
+    problems: list[str] = []
+    library_names: dict[str, str] = {}
+    for lib in (a for a in artifacts if a.resource_type == "Library"):
+        names, twice = _names(lib, ("parameter", "variable"))
+        if twice:
+            problems.append(f"{lib.source}: names defined more than once: {twice}")
+        clash = sorted(n for n in set(names) if n in library_names)
+        if clash:
+            owners = sorted({library_names[n] for n in clash})
+            problems.append(
+                f"{lib.source}: names already defined by another Library ({', '.join(owners)}): "
+                f"{clash}"
+            )
+        for name in names:
+            library_names.setdefault(name, lib.source)
+    return library_names, problems
+
+
+def _plan_names(art: Artifact, library_names: Mapping[str, str]) -> tuple[set[str], list[str]]:
+    """A PlanDefinition's own variables (unique, not shadowing a Library name)."""
+    problems: list[str] = []
+    own, twice = _names(art, ("variable",))
+    if twice:
+        problems.append(f"{art.source}: variables defined more than once: {twice}")
+    shadowing = sorted(set(own) & set(library_names))
+    if shadowing:
+        problems.append(f"{art.source}: variables already defined by a Library: {shadowing}")
+    return set(own), problems
+
+
+def check_expressions(artifacts: list[Artifact], compiler: FhirPathCompiler) -> list[str]:
+    """Check 6: expressions compile; engine logic is FHIRPath; variables are all defined."""
     type_names: dict[str, bool] = {}
 
     def known(name: str, defined: set[str]) -> bool:
@@ -197,27 +370,20 @@ def check_expressions(artifacts: list[Artifact], compiler: FhirPathCompiler) -> 
             type_names[name] = _is_resource_type(name)
         return type_names[name]
 
-    library_names: set[str] = set()
-    for lib in libraries.values():
-        names = set(parameter_defaults(lib.resource)) | {
-            str(v.get("name")) for v in variables_of(lib.resource)
-        }
-        clash = names & library_names
-        if clash:
-            problems.append(
-                f"{lib.source}: names already defined by another Library: {sorted(clash)}"
-            )
-        library_names |= names
+    library_names, problems = _library_names(artifacts)
     for art in artifacts:
         if art.resource_type == "Questionnaire":
             try:  # SDC population expressions: launch contexts and variables in scope
                 compile_questionnaire(art.resource, compiler)
             except ValueError as exc:
                 problems.append(f"{art.source}: {exc}")
+        problems += _check_logic(art)
         defined = set(library_names)
         if art.resource_type == "PlanDefinition":
-            defined |= {str(v.get("name")) for v in variables_of(art.resource)}
-        check_vars = art.resource_type in ("PlanDefinition", "Library")
+            own, found = _plan_names(art, library_names)
+            defined |= own
+            problems += found
+        check_vars = art.resource_type in ("PlanDefinition", "ActivityDefinition", "Library")
         for path, expr in iter_expressions(art.resource, art.resource_type):
             try:
                 compiled = compiler.compile(expr["expression"])
@@ -228,6 +394,29 @@ def check_expressions(artifacts: list[Artifact], compiler: FhirPathCompiler) -> 
                 missing = sorted(n for n in compiled.variables if not known(n, defined))
                 if missing:
                     problems.append(f"{art.source}: {path}: undefined variable(s) %{missing}")
+        problems += _variable_cycles(art, compiler)
+    return problems
+
+
+def _variable_cycles(art: Artifact, compiler: FhirPathCompiler) -> list[str]:
+    """Variables of one artifact (Library or PlanDefinition) may not depend on themselves."""
+    graph: dict[str, frozenset[str]] = {}
+    for var in variables_of(art.resource):
+        try:
+            graph[str(var.get("name"))] = compiler.compile(str(var.get("expression"))).variables
+        except ValueError:
+            continue  # already reported
+    problems: list[str] = []
+    for name in sorted(graph):
+        pending, seen = list(graph[name]), set()
+        while pending:
+            current = pending.pop()
+            if current == name:
+                problems.append(f"{art.source}: variable %{name} depends on itself")
+                break
+            if current not in seen and current in graph:
+                seen.add(current)
+                pending.extend(graph[current])
     return problems
 
 
@@ -236,6 +425,7 @@ def load_definitions(directory: Path) -> tuple[list[Artifact], Terminology, Fhir
     artifacts, problems = read_artifacts(directory)
     problems += check_unique(artifacts)
     problems += check_references(artifacts)
+    problems += check_plan_cycles(artifacts)
     terminology = Terminology(a.resource for a in artifacts if a.resource_type == "ValueSet")
     compiler = FhirPathCompiler(terminology)
     problems += check_expressions(artifacts, compiler)
