@@ -8,6 +8,7 @@ parameters are ignored unless ``Prefer: handling=strict``), contract "FHIR R4 RE
 from __future__ import annotations
 
 import copy
+from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Request
 from fhir_service.api.responses import FhirResponse
 from fhir_service.deps import RuntimeDep
 from fhir_service.errors import InvalidRequest, NotAcceptable, NotFound
-from fhir_service.fhir import FHIR_VERSION
+from fhir_service.fhir import FHIR_VERSION, model_class
 from fhir_service.knowledge.loader import KNOWLEDGE_TYPES
 from fhir_service.runtime import Runtime
 
@@ -24,34 +25,8 @@ router = APIRouter(prefix="/fhir", tags=["FHIR"])
 
 SEARCH_PARAMS = ("_id", "url", "version", "name", "title", "status")
 CONTROL_PARAMS = ("_count", "_offset", "_summary", "_elements", "_format", "_pretty")
+STRING_SEARCH_PARAMS = ("name", "title")
 STRING_MODIFIERS = ("exact", "contains")
-SUMMARY_ELEMENTS = (
-    "resourceType",
-    "id",
-    "meta",
-    "url",
-    "identifier",
-    "version",
-    "name",
-    "title",
-    "status",
-    "experimental",
-    "date",
-    "publisher",
-    "description",
-    "type",
-    "subjectType",
-    "kind",
-    "code",
-    "jurisdiction",
-    "useContext",
-    "effectivePeriod",
-    "approvalDate",
-    "lastReviewDate",
-    "topic",
-    "content",
-    "count",
-)
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
     "code": "SUBSETTED",
@@ -60,10 +35,37 @@ DEFAULT_COUNT = 50
 MAX_COUNT = 500
 
 
+JSON_FORMATS = frozenset(
+    {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+)
+
+
 def check_format(request: Request) -> None:
+    """406 for a ``_format`` or an ``Accept`` header that admits no JSON (R4 http.html §2.21)."""
     fmt = request.query_params.get("_format")
-    if fmt and fmt not in ("json", "application/json", "application/fhir+json"):
-        raise NotAcceptable(f"_format {fmt!r} is not supported; this server speaks FHIR JSON")
+    if fmt:
+        # an unencoded '+' in a query string arrives as a space: application/fhir json
+        media = fmt.split(";", 1)[0].strip().lower().replace(" ", "+")
+        if media not in JSON_FORMATS:
+            raise NotAcceptable(f"_format {fmt!r} is not supported; this server speaks FHIR JSON")
+        return
+    accept = request.headers.get("accept", "")
+    if accept and not _accepts_json(accept):
+        raise NotAcceptable(f"Accept {accept!r} admits no JSON; this server speaks FHIR JSON")
+
+
+def _accepts_json(accept: str) -> bool:
+    for item in accept.split(","):
+        media, *params = (part.strip().lower() for part in item.split(";"))
+        quality = next((p[2:] for p in params if p.startswith("q=")), "1")
+        try:
+            if float(quality) <= 0:
+                continue  # q=0: explicitly not acceptable
+        except ValueError:
+            continue
+        if media in ("*/*", "application/*") or media in JSON_FORMATS or media.endswith("+json"):
+            return True
+    return False
 
 
 def capability_statement(runtime: Runtime) -> dict[str, Any]:
@@ -173,21 +175,66 @@ def _int_param(request: Request, name: str, default: int, maximum: int | None = 
     return min(value, maximum) if maximum is not None else value
 
 
+@cache
+def _summary_elements(resource_type: str) -> frozenset[str]:
+    """The elements ``_summary=true`` keeps: the R4B model's summary elements."""
+    return frozenset(model_class(resource_type).summary_elements_sequence()) | {"resourceType"}
+
+
+@cache
+def _mandatory_elements(resource_type: str) -> frozenset[str]:
+    """Top-level mandatory elements (kept by ``_elements`` and ``_summary=text``)."""
+    cls = model_class(resource_type)
+    out = {"resourceType", "id", "meta"}
+    for name, info in cls.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("element_required") or info.is_required():
+            out.add(info.alias or name)
+    return frozenset(out)
+
+
 def _shape(resource: dict[str, Any], summary: str | None, elements: list[str]) -> dict[str, Any]:
+    """Apply ``_summary``/``_elements`` (R4 search.html §3.1.1.5.8-9); subsets are tagged."""
+    rtype = str(resource.get("resourceType"))
     if summary == "true":
-        kept = {k: v for k, v in resource.items() if k in SUMMARY_ELEMENTS}
+        keep = _summary_elements(rtype)
+    elif summary == "text":
+        keep = _mandatory_elements(rtype) | {"text"}
+    elif summary == "data":
+        keep = frozenset(k for k in resource if k != "text")
     elif elements:
-        kept = {
-            k: v
-            for k, v in resource.items()
-            if k in elements or k in ("resourceType", "id", "meta")
-        }
+        keep = _mandatory_elements(rtype) | set(elements)
     else:
         return resource
-    kept = copy.deepcopy(kept)
+    kept = copy.deepcopy({k: v for k, v in resource.items() if k in keep})
     meta = kept.setdefault("meta", {})
     meta.setdefault("tag", []).append(SUBSETTED)
     return kept
+
+
+def _search_params(request: Request) -> dict[str, list[str]]:
+    """The search parameters of the query (R4 search.html §3.1.1.4-5).
+
+    Unknown parameters are ignored, or refused with ``Prefer: handling=strict``; a modifier
+    this server does not support is always refused (ignoring it would change the result);
+    empty values are ignored.
+    """
+    params: dict[str, list[str]] = {}
+    for name in request.query_params:
+        base_name, _, modifier = name.partition(":")
+        if base_name in SEARCH_PARAMS:
+            if modifier and (
+                base_name not in STRING_SEARCH_PARAMS or modifier not in STRING_MODIFIERS
+            ):
+                raise InvalidRequest(
+                    f"modifier :{modifier} is not supported on {base_name!r}", expression=[name]
+                )
+            values = [v for v in request.query_params.getlist(name) if v]
+            if values:
+                params[name] = values
+        elif name not in CONTROL_PARAMS and _strict(request):
+            raise InvalidRequest(f"unknown search parameter {name!r}", expression=[name])
+    return params
 
 
 @router.get("/{resource_type}", response_class=FhirResponse)
@@ -195,13 +242,7 @@ async def search(resource_type: str, request: Request, runtime: RuntimeDep) -> F
     """search-type: a searchset Bundle with ``total``, ``fullUrl`` and paging links."""
     check_format(request)
     _known_type(resource_type)
-    params: dict[str, list[str]] = {}
-    for name in request.query_params:
-        base_name, _, modifier = name.partition(":")
-        if base_name in SEARCH_PARAMS and (not modifier or modifier in STRING_MODIFIERS):
-            params[name] = request.query_params.getlist(name)
-        elif name not in CONTROL_PARAMS and _strict(request):
-            raise InvalidRequest(f"unknown search parameter {name!r}", expression=[name])
+    params = _search_params(request)
     count = _int_param(request, "_count", DEFAULT_COUNT, MAX_COUNT)
     offset = _int_param(request, "_offset", 0)
     summary = request.query_params.get("_summary")
@@ -230,7 +271,7 @@ async def search(resource_type: str, request: Request, runtime: RuntimeDep) -> F
         )
 
     links = [{"relation": "self", "url": page_url(offset)}]
-    if summary != "count":
+    if summary != "count" and count > 0:  # _count=0: the total only
         if offset + count < len(matches):
             links.append({"relation": "next", "url": page_url(offset + count)})
         if offset > 0:
