@@ -25,16 +25,16 @@ from fhir_service.api.parameters import (
     resource_value,
     string_value,
     subject_reference,
-    value_of,
 )
 from fhir_service.api.responses import FhirResponse
 from fhir_service.deps import RuntimeDep
 from fhir_service.engine.activity_definition import apply_activity
 from fhir_service.engine.care_plan import care_plan
-from fhir_service.engine.data import build_data_set
-from fhir_service.engine.evaluation import CallInput, parameter_value
+from fhir_service.engine.data import NON_R4_TYPES, build_data_set
+from fhir_service.engine.evaluation import CallInput, check_parameter_value, parameter_value
 from fhir_service.engine.fhirpath import session
 from fhir_service.errors import InvalidRequest, IssueLog, NotFound, PayloadTooLarge
+from fhir_service.fhir import validate_resource
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.runtime import CANONICAL_BASE, Runtime
 
@@ -72,26 +72,68 @@ async def _inputs(request: Request, runtime: Runtime) -> ApplyInputs:
     inputs.subject = subject_reference(string_value(one(params, "subject"), "subject"))
     inputs.encounter = string_value(one(params, "encounter"), "encounter")
     inputs.practitioner = string_value(one(params, "practitioner"), "practitioner")
-    inputs.url = string_value(one(params, "url"), "url") or request.query_params.get("url")
-    inputs.version = string_value(one(params, "version"), "version")
+    query = request.query_params
+    inputs.url = string_value(one(params, "url"), "url") or query.get("url")
+    inputs.version = string_value(one(params, "version"), "version") or query.get("version")
     data = resource_value(one(params, "data"), "data", "Bundle")
     if data is not None:
-        inputs.data = [data]
+        inputs.data = [data]  # validated in the worker thread (``_call``): CPU-bound
     overrides = resource_value(one(params, "parameters"), "parameters", "Parameters")
     if overrides is not None:
-        for part in require_parameters(overrides):
-            name = part["name"]
-            if name not in runtime.engine.defaults:
-                raise InvalidRequest(
-                    f"unknown library parameter {name!r}", expression=[f"parameters.{name}"]
-                )
-            key = next((k for k in part if k.startswith("value")), None)
-            if key is None:
-                raise InvalidRequest(
-                    f"library parameter {name!r} needs a value", expression=[f"parameters.{name}"]
-                )
-            inputs.parameters[name] = parameter_value(key, value_of(part))
+        inputs.parameters = library_parameters(runtime, require_parameters(overrides))
     return inputs
+
+
+def check_data_bundle(bundle: dict[str, Any]) -> None:
+    """400 unless every resource of the ``data`` Bundle parses as FHIR R4.
+
+    Resources of non-R4 types (e.g. DSTU2 ``MedicationOrder``) are let through: the data set
+    ignores them, as on the CDS Hooks side.
+    """
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise InvalidRequest("data.entry must be an array", expression=["data.entry"])
+    for index, entry in enumerate(entries):
+        where = f"data.entry[{index}]"
+        if not isinstance(entry, dict):
+            raise InvalidRequest(f"{where} must be an object", expression=[where])
+        resource = entry.get("resource")
+        if resource is None:
+            continue
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise InvalidRequest(
+                f"{where}.resource must be a FHIR resource", expression=[f"{where}.resource"]
+            )
+        if resource["resourceType"] in NON_R4_TYPES:
+            continue
+        try:
+            validate_resource(resource)
+        except ValueError as exc:
+            raise InvalidRequest(
+                f"{where}.resource is not a valid R4 {resource['resourceType']}: {exc}",
+                expression=[f"{where}.resource"],
+            ) from None
+
+
+def library_parameters(runtime: Runtime, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``parameters`` overrides: Library ``in`` parameters, each of its declared type."""
+    out: dict[str, Any] = {}
+    types = runtime.engine.parameter_types
+    for part in parts:
+        name = part["name"]
+        where = [f"parameters.{name}"]
+        if name not in types:
+            raise InvalidRequest(f"unknown library parameter {name!r}", expression=where)
+        key = next((k for k in part if k.startswith("value")), None)
+        if key is None:
+            raise InvalidRequest(f"library parameter {name!r} needs a value", expression=where)
+        problem = check_parameter_value(types[name], key, part[key])
+        if problem:
+            raise InvalidRequest(f"library parameter {name!r}: {problem}", expression=where)
+        if name in out:
+            raise InvalidRequest(f"library parameter {name!r} given twice", expression=where)
+        out[name] = parameter_value(key, part[key])
+    return out
 
 
 def _plan(runtime: Runtime, rid: str | None, inputs: ApplyInputs, rtype: str) -> Artifact:
@@ -110,9 +152,15 @@ def _plan(runtime: Runtime, rid: str | None, inputs: ApplyInputs, rtype: str) ->
 
 
 def _call(runtime: Runtime, inputs: ApplyInputs) -> CallInput:
+    limit = runtime.settings.max_resources
+    for bundle in inputs.data:
+        entries = bundle.get("entry")
+        if isinstance(entries, list) and len(entries) > limit:
+            raise PayloadTooLarge(f"more than {limit} resources in data")
+        check_data_bundle(bundle)
     data = build_data_set(inputs.data, drafts_from_status=True)
-    if data.size > runtime.settings.max_resources:
-        raise PayloadTooLarge(f"more than {runtime.settings.max_resources} resources in data")
+    if data.size > limit:
+        raise PayloadTooLarge(f"more than {limit} resources in data")
     patient_id = inputs.subject.split("/", 1)[1] if inputs.subject.startswith("Patient/") else None
     return CallInput(data, runtime.now(), patient_id, None, inputs.parameters)
 

@@ -92,7 +92,12 @@ def apply_dynamic_values(
         if expr.get("language") != "text/fhirpath" or not isinstance(expr.get("expression"), str):
             scope.issues.warning("dynamicValue language not supported (text/fhirpath only)", where)
             continue
-        value = result_value(scope.evaluate(compiler.compile(expr["expression"]), where))
+        try:
+            compiled = compiler.compile(expr["expression"])
+        except ValueError as exc:
+            scope.issues.error(str(exc), where)
+            continue
+        value = result_value(scope.evaluate(compiled, where))
         if value is None:
             continue
         try:

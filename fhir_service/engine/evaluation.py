@@ -34,6 +34,47 @@ def parameter_value(key: str, value: Any) -> Any:
     return value
 
 
+_INTEGER_KINDS = frozenset({"Integer", "PositiveInt", "UnsignedInt"})
+_STRING_KINDS = frozenset(
+    {"String", "Code", "Uri", "Url", "Canonical", "Id", "Markdown", "Oid", "Uuid"}
+    | {"Date", "DateTime", "Instant", "Time"}
+)
+_QUANTITY_KINDS = frozenset({"Quantity", "Duration", "Age", "Distance", "Count"})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_parameter_value(declared: str | None, key: str, value: Any) -> str | None:
+    """Why ``key``/``value`` (a ``value[x]``) cannot bind a parameter of type ``declared``.
+
+    ``declared`` is ``Library.parameter.type`` (a FHIR type code such as ``integer``); an
+    integer may bind a decimal. Returns None when the value fits, else the reason.
+    """
+    kind = key[len("value") :]
+    if declared:
+        allowed = {declared[:1].upper() + declared[1:]}
+        if declared == "decimal":
+            allowed.add("Integer")
+        if kind not in allowed:
+            names = " or ".join(sorted(f"value{a}" for a in allowed))
+            return f"must be given as {names} (the parameter is a {declared})"
+    if kind in _INTEGER_KINDS:
+        ok = _is_number(value) and isinstance(value, int)
+    elif kind == "Decimal":
+        ok = _is_number(value)
+    elif kind == "Boolean":
+        ok = isinstance(value, bool)
+    elif kind in _STRING_KINDS:
+        ok = isinstance(value, str) and bool(value)
+    elif kind in _QUANTITY_KINDS:
+        ok = isinstance(value, dict) and _is_number(value.get("value"))
+    else:
+        ok = value is not None
+    return None if ok else f"{key} does not hold a valid {kind or 'value'}"
+
+
 @dataclass(frozen=True)
 class VariableDef:
     name: str

@@ -28,10 +28,10 @@ from typing import Any
 
 from fhir_service.engine.activity_definition import apply_activity, apply_dynamic_values
 from fhir_service.engine.evaluation import CallInput, Scope, VariableDef, parameter_value
-from fhir_service.engine.fhirpath import FhirPathCompiler, as_boolean
+from fhir_service.engine.fhirpath import CompiledExpression, FhirPathCompiler, as_boolean
 from fhir_service.engine.values import result_value, set_path
 from fhir_service.errors import IssueLog
-from fhir_service.knowledge.expressions import parameter_defaults, variables_of
+from fhir_service.knowledge.expressions import FHIRPATH, parameter_defaults, variables_of
 from fhir_service.knowledge.repository import KnowledgeBase
 
 EXT_BASE = "http://example.org/fhir/muscle-spasm/StructureDefinition"
@@ -94,7 +94,15 @@ class PlanEngine:
         self.compiler: FhirPathCompiler = knowledge.compiler
         self.library_variables: dict[str, VariableDef] = {}
         self.defaults: dict[str, Any] = {}
+        #: every Library ``in`` parameter (name → declared type), overridable per ``$apply``
+        self.parameter_types: dict[str, str | None] = {}
         for lib in knowledge.of_type("Library"):
+            for param in lib.resource.get("parameter") or ():
+                if param.get("use") == "in" and isinstance(param.get("name"), str):
+                    declared = param.get("type")
+                    self.parameter_types[param["name"]] = (
+                        declared if isinstance(declared, str) else None
+                    )
             for name, (key, value) in parameter_defaults(lib.resource).items():
                 self.defaults[name] = parameter_value(key, value)
             for var in variables_of(lib.resource):
@@ -200,10 +208,9 @@ class _Walker:
                 continue
             where = f"{self.source}.{path}.condition[{index}]"
             expr = condition.get("expression") or {}
-            if expr.get("language") != "text/fhirpath":
-                self.scope.issues.warning("condition language not supported", where)
+            compiled = self.compiled(expr, where)
+            if compiled is None:
                 return False
-            compiled = self.engine.compiler.compile(str(expr.get("expression")))
             result = self.scope.evaluate(compiled, where)
             verdict = as_boolean(result)
             if verdict is None:
@@ -231,9 +238,20 @@ class _Walker:
         return built
 
     def reference_to(self, resource: dict[str, Any], action: Mapping[str, Any]) -> str:
-        if action.get("type", {}).get("coding", [{}])[0].get("code") == "remove":
+        if action_type(action) == "remove":
             return f"{resource['resourceType']}/{resource.get('id')}"
         return f"#{resource['id']}"
+
+    def compiled(self, expression: Any, where: str) -> CompiledExpression | None:
+        """The compiled FHIRPath of an ``Expression`` (an issue and None when unusable)."""
+        if not isinstance(expression, Mapping) or expression.get("language") != FHIRPATH:
+            self.scope.issues.warning("expression language not supported (text/fhirpath)", where)
+            return None
+        try:
+            return self.engine.compiler.compile(str(expression.get("expression")))
+        except ValueError as exc:
+            self.scope.issues.error(str(exc), where)
+            return None
 
     def resolve_definition(self, action: Mapping[str, Any], path: str) -> dict[str, Any] | None:
         where = f"{self.source}.{path}"
@@ -261,17 +279,37 @@ class _Walker:
             self.resources.append(nested.request_group)
             return nested.request_group
         for ext in action.get("extension") or ():
-            if ext.get("url") == ACTION_TARGET_EXT and isinstance(ext.get("valueExpression"), dict):
-                expr = self.engine.compiler.compile(str(ext["valueExpression"].get("expression")))
-                found = [r for r in self.scope.evaluate(expr, where) if isinstance(r, dict)]
-                if not found:
-                    return None
-                code = action.get("type", {}).get("coding", [{}])[0].get("code")
-                updated: dict[str, Any] = copy.deepcopy(found[0])
-                if code != "remove":
-                    self.resources.append(updated)
-                return updated
+            if ext.get("url") == ACTION_TARGET_EXT:
+                return self.action_target(action, ext.get("valueExpression"), where)
         return None
+
+    def action_target(
+        self, action: Mapping[str, Any], expression: Any, where: str
+    ) -> dict[str, Any] | None:
+        """``update``/``remove``: the draft order the ``action-target`` expression selects.
+
+        ``update`` works on a copy (contained in the result, so it needs an id); ``remove``
+        names the draft itself, so a draft without an id cannot be removed.
+        """
+        compiled = self.compiled(expression, f"{where}.extension[action-target]")
+        if compiled is None:
+            return None
+        found = [r for r in self.scope.evaluate(compiled, where) if isinstance(r, dict)]
+        if not found:
+            return None
+        target: dict[str, Any] = copy.deepcopy(found[0])
+        if not isinstance(target.get("resourceType"), str):
+            self.scope.issues.error("action-target did not select a resource", where)
+            return None
+        if action_type(action) == "remove":
+            if not isinstance(target.get("id"), str):
+                self.scope.issues.error("the draft to remove has no id", where)
+                return None
+            return target
+        if not isinstance(target.get("id"), str):
+            target["id"] = self.new_id()
+        self.resources.append(target)
+        return target
 
     def dynamic_value(
         self,
@@ -282,8 +320,9 @@ class _Walker:
     ) -> None:
         path = str(dv.get("path", "")).lstrip("%")
         if path.startswith("action."):
-            expr = dv.get("expression") or {}
-            compiled = self.engine.compiler.compile(str(expr.get("expression")))
+            compiled = self.compiled(dv.get("expression"), where)
+            if compiled is None:
+                return
             value = result_value(self.scope.evaluate(compiled, where))
             if value is None:
                 return
@@ -295,3 +334,13 @@ class _Walker:
             apply_dynamic_values(resource, [dict(dv)], self.scope, self.engine.compiler, where)
         else:
             self.scope.issues.warning("dynamicValue has no resource to set", where)
+
+
+def action_type(action: Mapping[str, Any]) -> str | None:
+    """The ``action-type`` code of an action (``create``, ``update``, ``remove``...)."""
+    action_kind = action.get("type")
+    codings = action_kind.get("coding") if isinstance(action_kind, Mapping) else None
+    for coding in codings or ():
+        if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
+            return str(coding["code"])
+    return None
