@@ -66,6 +66,20 @@ def _require_string(body: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def _check_prefetch_values(prefetch: Mapping[str, Any], service: CdsService) -> None:
+    """A value sent for one of the service's keys is a FHIR resource or ``null`` (no data);
+    keys the service did not ask for are ignored whatever they hold."""
+    for template in service.prefetch:
+        value = prefetch.get(template.key)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            raise InvalidRequest(
+                f"prefetch.{template.key} must be a FHIR resource (JSON object) or null",
+                expression=[f"prefetch.{template.key}"],
+            )
+
+
 def parse_hook_call(body: Any, service: CdsService) -> HookCall:
     """Validate the envelope leniently (unknown members ignored); raise 400 on what is required."""
     if not isinstance(body, dict):
@@ -86,12 +100,19 @@ def parse_hook_call(body: Any, service: CdsService) -> HookCall:
             )
     context = dict(context)
     patient_id = context.get("patientId")
-    if not isinstance(patient_id, str):
-        raise InvalidRequest("context.patientId must be a string", expression=["context.patientId"])
+    if not isinstance(patient_id, str) or not patient_id.removeprefix("Patient/").strip():
+        raise InvalidRequest(
+            "context.patientId must be a non-empty string", expression=["context.patientId"]
+        )
     context["patientId"] = patient_id.removeprefix("Patient/")
     if "selections" in context and not isinstance(context["selections"], list):
         raise InvalidRequest(
             "context.selections must be an array", expression=["context.selections"]
+        )
+    if "draftOrders" in context and not isinstance(context["draftOrders"], dict):
+        raise InvalidRequest(
+            "context.draftOrders must be a Bundle (JSON object)",
+            expression=["context.draftOrders"],
         )
     fhir_server = body.get("fhirServer")
     if fhir_server is not None and not isinstance(fhir_server, str):
@@ -112,6 +133,7 @@ def parse_hook_call(body: Any, service: CdsService) -> HookCall:
     prefetch = body.get("prefetch")
     if prefetch is not None and not isinstance(prefetch, dict):
         raise InvalidRequest("'prefetch' must be an object", expression=["prefetch"])
+    _check_prefetch_values(prefetch or {}, service)
     return HookCall(hook, hook_instance, context, prefetch or {}, fhir_server or None, token)
 
 
