@@ -9,6 +9,10 @@ The binaries are looked up in ``PATH`` and in ``/usr/lib/postgresql/*/bin`` (new
 tests skip, with that reason, only when no ``pg_ctl``/``initdb`` pair can be found (``make
 pytest`` runs ``scripts/system-deps.sh``, which installs Debian ``postgresql`` when missing);
 any other failure to start the server is a test error.
+
+A watchdog process holds the read end of a pipe whose write end only this test process has:
+when the session ends, or the process dies in any way (SIGTERM, SIGKILL), the pipe reaches EOF and
+the watchdog stops the server and deletes its directory, so no server outlives its test run.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
 PG_SUPERUSER = "postgres"
+TEST_DATABASE = "store_tests"
 START_TIMEOUT_SECONDS = 30
+
+# argv: pg_ctl, data dir, root dir, uid or "-", gid or "-". Waits for EOF on stdin, then cleans up.
+_WATCHDOG = """
+import shutil, subprocess, sys
+pg_ctl, data, root, uid, gid = sys.argv[1:6]
+sys.stdin.buffer.read()
+ids = {} if uid == "-" else {"user": int(uid), "group": int(gid), "extra_groups": []}
+subprocess.run([pg_ctl, "-D", data, "-m", "immediate", "-w", "-s", "stop"], cwd=root,
+               capture_output=True, check=False, **ids)
+shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 def find_postgres_bin_dir() -> Path | None:
@@ -76,6 +91,7 @@ class PgServer:
     bin_dir: Path
     root: Path
     run_as: tuple[int, int] | None
+    running: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -162,12 +178,11 @@ class PgServer:
             "-s",
             "start",
         )
+        self.running = True
 
     def stop(self) -> None:
         self._checked("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-s", "stop")
-
-    def is_running(self) -> bool:
-        return self._run("pg_ctl", "-D", str(self.data_dir), "-s", "status").returncode == 0
+        self.running = False
 
     def admin(self, sql: str, database: str = "postgres") -> None:
         """Run one statement as the superuser, outside a transaction."""
@@ -192,22 +207,48 @@ def pg_server() -> Iterator[PgServer]:
     if run_as is not None:
         os.chown(root, *run_as)
     server = PgServer(bin_dir=bin_dir, root=root, run_as=run_as)
+    uid, gid = (str(run_as[0]), str(run_as[1])) if run_as else ("-", "-")
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(bin_dir / "pg_ctl"), str(server.data_dir)]
+        + [str(root), uid, gid],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # survives a signal sent to the test run's process group
+    )
     try:
         server.init()
         server.start()
         yield server
     finally:
-        if server.is_running():
+        if server.running:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()
+        watchdog.wait(timeout=START_TIMEOUT_SECONDS)
+
+
+@pytest.fixture(scope="session")
+def _store_test_database(pg_server: PgServer) -> str:
+    pg_server.admin(f'CREATE DATABASE "{TEST_DATABASE}"')
+    return pg_server.url(TEST_DATABASE)
 
 
 @pytest.fixture
-def pg_database(pg_server: PgServer) -> Iterator[str]:
-    """A fresh, empty database on the session server; dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    pg_server.admin(f'CREATE DATABASE "{name}"')
-    yield pg_server.url(name)
-    if not pg_server.is_running():  # a test that stopped the server must not break others
+def pg_database(pg_server: PgServer, _store_test_database: str) -> Iterator[str]:
+    """URL of an empty database on the session server, wiped after the test.
+
+    One database serves every test (``CREATE DATABASE`` per test costs far more than wiping):
+    after each test the other sessions are ended and the ``public`` schema is recreated.
+    """
+    yield _store_test_database
+    if not pg_server.running:  # a test that stopped the server must not break the others
         pg_server.start()
-    pg_server.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for statement in (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        "DROP SCHEMA public CASCADE",
+        "CREATE SCHEMA public",
+    ):
+        pg_server.admin(statement, database=TEST_DATABASE)
