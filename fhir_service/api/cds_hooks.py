@@ -83,7 +83,7 @@ async def _remember(
     ]
     try:
         await run_in_threadpool(
-            runtime.store.record_cards, service.id, body["hookInstance"], issued, runtime.now()
+            runtime.store.record_cards, service.id, body["hookInstance"], issued, system_clock()
         )
     except Exception as exc:  # the cards are still right; feedback for them will be unmatched
         log.error("could not record issued cards: %s", type(exc).__name__)
