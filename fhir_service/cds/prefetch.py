@@ -115,15 +115,20 @@ async def _continue_pages(
     server = request.fhir_server
     if fetcher is None or not server:
         raise Unobtainable(key)
-    base = server.rstrip("/")
-    origin = urlsplit(base)
+    origin = urlsplit(server)
     target = urlsplit(link)
-    if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
+    if (target.scheme.lower(), target.netloc.lower()) != (
+        origin.scheme.lower(),
+        origin.netloc.lower(),
+    ):
         raise Unobtainable(key)
-    relative = link[len(base) + 1 :] if link.startswith(base + "/") else None
-    if relative is None:
-        raise Unobtainable(key)
-    rest = await fetcher.fetch(base, relative, token=request.token)
+    # Any path on the fhirServer origin: ``{base}/Condition?...&page=2`` as well as HAPI's
+    # ``{base}?_getpages=...``. The last path segment plus the query is fetched as a search
+    # relative to the rest, so the page is GET exactly as linked.
+    head, _, last = target.path.rpartition("/")
+    page_base = f"{target.scheme}://{target.netloc}{head}"
+    relative = last + (f"?{target.query}" if target.query else "")
+    rest = await fetcher.fetch(page_base, relative, token=request.token)
     entries = list(bundle.get("entry") or [])
     if isinstance(rest, Mapping):
         entries += list(rest.get("entry") or [])
@@ -161,19 +166,24 @@ async def complete_prefetch(
 ) -> dict[str, Any]:
     """Every needed key's data, or ``PreconditionFailed`` (412) naming the missing keys."""
 
+    finished: set[str] = set()
+
     async def one(template: PrefetchTemplate) -> tuple[str, Any, bool]:
         try:
-            return template.key, await _obtain(template, request, fetcher), True
+            result = template.key, await _obtain(template, request, fetcher), True
         except asyncio.CancelledError:
             raise
         except Exception:  # any upstream failure makes the key unobtainable
-            return template.key, None, False
+            result = template.key, None, False
+        if result[2]:
+            finished.add(template.key)
+        return result
 
     try:
         async with asyncio.timeout(deadline):
             results = await asyncio.gather(*(one(t) for t in templates))
     except TimeoutError:
-        pending = [t.key for t in templates if t.key not in request.prefetch]
+        pending = [t.key for t in templates if t.key not in finished]
         raise _failed(pending or [t.key for t in templates]) from None
     missing = [key for key, _, ok in results if not ok]
     if missing:

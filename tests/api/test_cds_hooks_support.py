@@ -69,7 +69,8 @@ def all_prefetch(service_id: str, **values: Any) -> dict[str, Any]:
 
 def rf01_prefetch(**values: Any) -> dict[str, Any]:
     """Full patient-view prefetch: the RF-01 Conditions, ``null`` for every other key."""
-    return all_prefetch("muscle-spasm-patient-view", conditions=searchset(SPASM, INJURY), **values)
+    merged: dict[str, Any] = {"conditions": searchset(SPASM, INJURY)} | values
+    return all_prefetch("muscle-spasm-patient-view", **merged)
 
 
 def rule_codes(body: dict[str, Any]) -> list[str]:
@@ -136,7 +137,8 @@ class Ehr:
 
     def _match(self, request: httpx.Request) -> Any:
         for key, value in self.routes.items():
-            target = httpx.URL(key if "://" in key else f"{EHR}/{key}")
+            absolute = key.startswith(("http://", "https://"))
+            target = httpx.URL(key if absolute else f"{EHR}/{key}")
             if (
                 target.scheme == request.url.scheme
                 and target.host == request.url.host
