@@ -97,25 +97,34 @@ def _wait_ready(server: Server, probe: str, timeout: float = START_TIMEOUT) -> N
     raise RuntimeError(f"{probe} not ready after {timeout:.0f} s:\n{server.output()}")
 
 
-@contextmanager
-def _process(
-    argv: list[str], *, cwd: Path, env: Mapping[str, str], log: Path, base: str, probe: str
-) -> Iterator[Server]:
+def spawn(argv: list[str], *, cwd: Path, env: Mapping[str, str], log: Path, base: str) -> Server:
+    """Start a child process (not waiting for it); its output goes to ``log``."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
             argv, cwd=cwd, env=dict(env), stdout=sink, stderr=subprocess.STDOUT
         )
-    server = Server(process, base, log)
+    return Server(process, base, log)
+
+
+def stop(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=15)
+
+
+@contextmanager
+def _process(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str], log: Path, base: str, probe: str
+) -> Iterator[Server]:
+    server = spawn(argv, cwd=cwd, env=env, log=log, base=base)
     try:
         _wait_ready(server, probe)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop(server)
 
 
 def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -128,14 +137,15 @@ def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def uvicorn_server(workdir: Path, **settings: str) -> Iterator[Server]:
-    """Our service (``fhir_service.main:app``) under uvicorn on a free loopback port.
+def spawn_uvicorn(workdir: Path, **settings: str) -> Server:
+    """Our service (``fhir_service.main:app``) under uvicorn on a free loopback port, started
+    but not waited for (:func:`wait_ready`).
 
     Defaults: auth off, the pinned clock, a database in ``workdir``, the public base URL of the
     port it serves on, loopback allowed as ``fhirServer``. ``settings`` are ``FHIR_SERVICE_*``
     values by lower-case name (``auth="jwt"`` → ``FHIR_SERVICE_AUTH=jwt``).
     """
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     values = {
@@ -150,10 +160,22 @@ def uvicorn_server(workdir: Path, **settings: str) -> Iterator[Server]:
     env = _clean_env({f"FHIR_SERVICE_{k.upper()}": v for k, v in values.items()})
     argv = [sys.executable, "-m", "uvicorn", "fhir_service.main:app"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    with _process(
-        argv, cwd=ROOT, env=env, log=workdir / "uvicorn.log", base=base, probe=f"{base}/healthz"
-    ) as server:
+    return spawn(argv, cwd=ROOT, env=env, log=workdir / "uvicorn.log", base=base)
+
+
+def wait_ready(server: Server, path: str = "/healthz") -> None:
+    _wait_ready(server, server.base + path)
+
+
+@contextmanager
+def uvicorn_server(workdir: Path, **settings: str) -> Iterator[Server]:
+    """:func:`spawn_uvicorn`, ready on entry, stopped on exit."""
+    server = spawn_uvicorn(workdir, **settings)
+    try:
+        wait_ready(server)
         yield server
+    finally:
+        stop(server)
 
 
 def sekmet_executable() -> Path:
