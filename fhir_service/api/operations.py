@@ -29,11 +29,17 @@ from fhir_service.api.parameters import (
 from fhir_service.api.responses import FhirResponse
 from fhir_service.deps import RuntimeDep
 from fhir_service.engine.activity_definition import apply_activity
-from fhir_service.engine.care_plan import care_plan
+from fhir_service.engine.care_plan import CQF_MESSAGES, care_plan
 from fhir_service.engine.data import NON_R4_TYPES, build_data_set
 from fhir_service.engine.evaluation import CallInput, check_parameter_value, parameter_value
 from fhir_service.engine.fhirpath import session
-from fhir_service.errors import InvalidRequest, IssueLog, NotFound, PayloadTooLarge
+from fhir_service.errors import (
+    InvalidRequest,
+    IssueLog,
+    NotFound,
+    PayloadTooLarge,
+    operation_outcome,
+)
 from fhir_service.fhir import validate_resource
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.runtime import CANONICAL_BASE, Runtime
@@ -220,6 +226,12 @@ def _apply_activity(runtime: Runtime, ad: Artifact, inputs: ApplyInputs) -> dict
         )
     if inputs.encounter and resource["resourceType"] != "Task":
         resource.setdefault("encounter", {"reference": inputs.encounter})
+    if issues:  # as in the CarePlan: a contained OperationOutcome named by cqf-messages
+        outcome_id = runtime.new_id()
+        resource.setdefault("contained", []).append(operation_outcome(issues.issues, outcome_id))
+        resource.setdefault("extension", []).append(
+            {"url": CQF_MESSAGES, "valueReference": {"reference": f"#{outcome_id}"}}
+        )
     return resource
 
 

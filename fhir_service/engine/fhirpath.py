@@ -36,11 +36,19 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 import fhirpathpy
+from antlr4 import CommonTokenStream, InputStream, Token  # type: ignore[import-untyped]
+from antlr4.error.ErrorListener import ErrorListener  # type: ignore[import-untyped]
+from antlr4.tree.Tree import ParseTreeWalker  # type: ignore[import-untyped]
+from fhirpathpy.engine import base_invocation_registry
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity
+from fhirpathpy.engine.util import set_paths
 from fhirpathpy.models import models
+from fhirpathpy.parser.ASTPathListener import ASTPathListener
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhir_service.engine.terminology import Terminology
 
@@ -187,6 +195,72 @@ def _whole_periods(start: date, end: date, precision: str) -> int:
     raise ValueError(f"duration(): unsupported precision {precision!r}")
 
 
+class _RaisingErrorListener(ErrorListener):  # type: ignore[misc]
+    """fhirpathpy's parser recovers from syntax errors silently; we refuse them."""
+
+    def __init__(self, expression: str) -> None:
+        super().__init__()
+        self.expression = expression
+
+    def syntaxError(  # noqa: N802 - ANTLR's name
+        self,
+        _recognizer: Any,
+        _symbol: Any,
+        line: int,
+        column: int,
+        msg: str,
+        _exc: Any,
+    ) -> None:
+        near = _near(self.expression, column) if line == 1 else ""
+        raise ValueError(
+            f"syntax error at {line}:{column}: {msg}" + (f", near {near!r}" if near else "")
+        )
+
+
+def _near(expression: str, column: int) -> str:
+    return expression[max(0, column - 20) : column + 20]
+
+
+def parse_strict(expression: str) -> dict[str, Any]:
+    """Parse ``expression`` into fhirpathpy's AST, refusing any syntax error or trailing text.
+
+    ``fhirpathpy.compile`` lets ANTLR recover from errors: ``where(code = ).exists(`` compiles
+    and quietly evaluates to ``false``. This parse is the same grammar, with errors raised.
+    """
+    listener = _RaisingErrorListener(expression)
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(listener)
+    parser = FHIRPathParser(CommonTokenStream(lexer))
+    parser.buildParseTrees = True
+    parser.removeErrorListeners()
+    parser.addErrorListener(listener)
+    tree = parser.expression()
+    if parser.getCurrentToken().type != Token.EOF:
+        token = parser.getCurrentToken()
+        raise ValueError(
+            f"unexpected {token.text!r} at column {token.column}, near "
+            f"{_near(expression, token.column)!r} (a quote inside a string is written \\')"
+        )
+    ast_listener = ASTPathListener()
+    ParseTreeWalker().walk(ast_listener, tree)
+    return cast(dict[str, Any], ast_listener.parentStack[0])
+
+
+def _function_calls(node: Any) -> Iterator[tuple[str, int]]:
+    """(name, number of arguments) of every function invocation in a parsed expression."""
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "Functn":
+        children = node.get("children") or []
+        name = children[0].get("text") if children else None
+        params = children[1].get("children") or [] if len(children) > 1 else []
+        if isinstance(name, str):
+            yield name, len(params)
+    for child in node.get("children") or ():
+        yield from _function_calls(child)
+
+
 class FhirPathCompiler:
     """Compiles expressions with the service's extension functions bound to a Terminology."""
 
@@ -201,7 +275,9 @@ class FhirPathCompiler:
             "today": {"fn": self._today, "arity": {0: []}},
             "clinicalDate": {"fn": self._clinical_date, "arity": {0: []}},
             "latest": {"fn": self._latest, "arity": {0: []}},
+            "single": {"fn": self._single, "arity": {0: []}},
         }
+        self._functions: dict[str, Mapping[str, Any]] = {**base_invocation_registry, **self._table}
         self._cache: dict[str, CompiledExpression] = {}
 
     def compile(self, expression: str) -> CompiledExpression:
@@ -210,9 +286,21 @@ class FhirPathCompiler:
         if cached is not None:
             return cached
         try:
-            fn = fhirpathpy.compile(expression, R4_MODEL, {"userInvocationTable": self._table})
+            ast = parse_strict(expression)
         except Exception as exc:  # ANTLR raises assorted exception types
             raise ValueError(f"FHIRPath does not parse: {exc}") from None
+        for name, count in _function_calls(ast):
+            known = self._functions.get(name)
+            if known is None:
+                raise ValueError(f"FHIRPath function {name}() is not supported")
+            arity = known.get("arity")
+            if isinstance(arity, Mapping) and count not in arity:
+                allowed = " or ".join(str(n) for n in sorted(arity))
+                raise ValueError(f"{name}() takes {allowed} argument(s), not {count}")
+        options = {"userInvocationTable": self._table}
+        fn = set_paths(
+            fhirpathpy.apply_parsed_path, parsedPath=ast, model=R4_MODEL, options=options
+        )
         names = frozenset(a or b for a, b in VARIABLE_RE.findall(expression)) - BUILTIN_VARIABLES
         compiled = CompiledExpression(expression, fn, names)
         self._cache[expression] = compiled
@@ -281,6 +369,14 @@ class FhirPathCompiler:
             key=lambda r: (_sort_key(clinical_date(r)), _sort_key(r.get("issued"))),
         )
         return [best]
+
+    @staticmethod
+    def _single(inputs: list[Any]) -> list[Any]:
+        """FHIRPath ``single()``: an error for more than one item (fhirpathpy returns an
+        ``{"$status": "error"}`` object instead, which ``exists()`` then counts as true)."""
+        if len(inputs) > 1:
+            raise ValueError(f"single(): expected at most one item, got {len(inputs)}")
+        return list(inputs)
 
     @staticmethod
     def _now(_inputs: list[Any]) -> FP_DateTime:
