@@ -270,7 +270,7 @@ def package(runtime: Runtime, root: Artifact) -> dict[str, Any]:
         }
         for a in sorted(
             seen.values(),
-            key=lambda a: (a.resource_type != root.resource_type, a.resource_type, a.id),
+            key=lambda a: (a is not root, a.resource_type, a.id),
         )
     ]
     return {
