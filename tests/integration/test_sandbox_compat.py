@@ -193,14 +193,25 @@ def condition(cid: str, code: str, display: str, onset: str) -> dict[str, Any]:
     }
 
 
+PATIENT = {
+    "resourceType": "Patient",
+    "id": "smart-1288992",
+    "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000+00:00"},
+    "name": [{"use": "official", "family": "Shaw", "given": ["Amy", "V."]}],
+    "gender": "female",
+    "birthDate": "1987-02-20",
+}
+
+
 def sandbox_prefetch(service: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """What ``service-exchange.js`` sends: templates with an unfilled token are skipped; the
     results of the rest (here: the RF-01 patient's record) are passed through as searchsets."""
     records = {
+        "Patient": [PATIENT],
         "Condition": [
             condition("c-spasm", "45352006", "Spasm", "2026-11-28"),
             condition("c-neck", "90460009", "Injury of neck", "2026-11-20"),
-        ]
+        ],
     }
     prefetch: dict[str, Any] = {}
     for key, template in service.get("prefetch", {}).items():
@@ -210,10 +221,14 @@ def sandbox_prefetch(service: dict[str, Any], context: dict[str, Any]) -> dict[s
                 filled = filled.replace("{{context." + name + "}}", value)
         if "{{" in filled:
             continue  # e.g. {{context.encounterId}}: the sandbox never sends one
-        rtype = filled.split("?", 1)[0].split("/", 1)[0]
+        path = filled.split("?", 1)[0]
+        rtype = path.split("/", 1)[0]
         if "?" in filled:
             prefetch[key] = searchset(*records.get(rtype, []), query=filled)
-        # a read of a resource the server does not have fails: the key is omitted
+        else:  # a read; one of a resource the server does not have fails: the key is omitted
+            found = [r for r in records.get(rtype, []) if f"{rtype}/{r['id']}" == path]
+            if found:
+                prefetch[key] = found[0]
     return prefetch
 
 

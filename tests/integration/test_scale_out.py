@@ -195,7 +195,10 @@ def call(base: str, path: str, body: Any, bearer: str, method: str = "POST") -> 
     )
 
 
-def rf01_call() -> dict[str, Any]:
+def rf01_call(cluster: Cluster) -> dict[str, Any]:
+    """A patient-view call for a patient with a spasm and a recent neck injury: every prefetch
+    key of discovery is sent (``null`` = no data) so that no replica calls out."""
+
     def condition(cid: str, code: str, onset: str) -> dict[str, Any]:
         return {
             "resourceType": "Condition",
@@ -217,18 +220,25 @@ def rf01_call() -> dict[str, Any]:
         condition("c1", "45352006", "2026-11-28"),
         condition("c2", "90460009", "2026-11-20"),
     ]
+    aud = f"{cluster.public}/cds-services"
+    status, discovery = call(cluster.public, "/cds-services", None, token(aud), "GET")
+    assert status == 200, discovery
+    templates = next(s for s in discovery["services"] if s["id"] == SERVICE)["prefetch"]
+    prefetch: dict[str, Any] = dict.fromkeys(templates)
+    for key, template in templates.items():
+        if template.startswith("Condition?"):
+            prefetch[key] = {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": c} for c in conditions],
+            }
+        elif template.startswith("Patient/"):
+            prefetch[key] = {"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"}
     return {
         "hook": "patient-view",
         "hookInstance": str(uuid.uuid4()),
         "context": {"userId": "Practitioner/x", "patientId": "p1"},
-        "prefetch": {
-            "conditions": {
-                "resourceType": "Bundle",
-                "type": "searchset",
-                "entry": [{"resource": c} for c in conditions],
-            },
-            "assessments": None,
-        },
+        "prefetch": prefetch,
     }
 
 
@@ -260,7 +270,7 @@ def test_feedback_is_joined_and_idempotent_across_replicas(cluster: Cluster) -> 
     first, second = cluster.replicas
     service_path = f"/cds-services/{SERVICE}"
     status, answer = call(
-        first.base, service_path, rf01_call(), token(cluster.public + service_path)
+        first.base, service_path, rf01_call(cluster), token(cluster.public + service_path)
     )
     assert status == 200, answer
     card = next(c for c in answer["cards"] if c["source"]["topic"]["code"] == "RF-01")
@@ -302,7 +312,7 @@ def test_nginx_passes_the_service_answers_through(cluster: Cluster) -> None:
     assert 200 <= preflight[0] < 300
     # 401 from the service (not from nginx), and a 413 OperationOutcome for a body between the
     # service's 5 MiB cap and nginx's 6 MiB client_max_body_size
-    status, body = call(cluster.public, f"/cds-services/{SERVICE}", rf01_call(), "not-a-jwt")
+    status, body = call(cluster.public, f"/cds-services/{SERVICE}", rf01_call(cluster), "not-a-jwt")
     assert status == 401
     big = {
         "resourceType": "Parameters",
