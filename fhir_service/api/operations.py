@@ -28,7 +28,7 @@ from fhir_service.api.parameters import (
 )
 from fhir_service.api.responses import FhirResponse
 from fhir_service.deps import RuntimeDep
-from fhir_service.engine.activity_definition import apply_activity
+from fhir_service.engine.activity_definition import apply_activity, has_element
 from fhir_service.engine.care_plan import CQF_MESSAGES, care_plan
 from fhir_service.engine.data import NON_R4_TYPES, build_data_set
 from fhir_service.engine.evaluation import CallInput, check_parameter_value, parameter_value
@@ -224,7 +224,7 @@ def _apply_activity(runtime: Runtime, ad: Artifact, inputs: ApplyInputs) -> dict
             runtime.new_id,
             f"ActivityDefinition/{ad.id}",
         )
-    if inputs.encounter and resource["resourceType"] != "Task":
+    if inputs.encounter and has_element(resource["resourceType"], "encounter"):
         resource.setdefault("encounter", {"reference": inputs.encounter})
     if issues:  # as in the CarePlan: a contained OperationOutcome named by cqf-messages
         outcome_id = runtime.new_id()

@@ -3,34 +3,59 @@
 Spec: https://hl7.org/fhir/R4/activitydefinition-operation-apply.html and clinical-reasoning.md
 §1.5. Every created request is ``status: draft`` and ``intent: proposal`` (CPG activity flow);
 the ActivityDefinition's dynamicValues are applied in document order, then the caller's.
+Only elements the request type has in R4 are written (``elements_of``).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
+from fhir_service import fhir
 from fhir_service.engine.evaluation import Scope
 from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.values import result_value, set_path
 
-#: Request kinds whose subject element is ``for`` rather than ``subject``.
-SUBJECT_ELEMENT = {"Task": "for", "Appointment": None, "Claim": "patient", "Contract": None}
+#: Where each request kind names its subject, in order of preference.
+SUBJECT_ELEMENTS = ("subject", "for", "patient")
+
+
+@cache
+def elements_of(kind: str) -> dict[str, str]:
+    """The R4 elements of a resource type (JSON name → annotation text), from its R4B model.
+
+    Request kinds differ: R4 ``CommunicationRequest`` has no ``intent`` and no
+    ``instantiatesCanonical``, ``Task`` names its subject ``for``, ``NutritionOrder``
+    ``patient``; only elements the type has are written.
+    """
+    try:
+        cls = fhir.model_class(kind)
+    except KeyError:
+        return {}
+    return {(info.alias or name): str(info.annotation) for name, info in cls.model_fields.items()}
+
+
+def has_element(kind: str, element: str) -> bool:
+    return element in elements_of(kind)
 
 
 def _common(kind: str, ad: dict[str, Any], subject: str, new_id: str) -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": kind, "id": new_id, "status": "draft"}
-    if kind not in ("Appointment", "Contract", "Claim"):
+    elements = elements_of(kind)
+    resource: dict[str, Any] = {"resourceType": kind, "id": new_id}
+    if "status" in elements:
+        resource["status"] = "draft"
+    if "intent" in elements:
         resource["intent"] = "proposal"
-    element = SUBJECT_ELEMENT.get(kind, "subject")
-    if element:
-        resource[element] = {"reference": subject}
-    if ad.get("url"):
+    element = next((e for e in SUBJECT_ELEMENTS if e in elements), None)
+    if element is not None:
+        reference = {"reference": subject}
+        resource[element] = [reference] if "List" in elements[element] else reference
+    annotation = elements.get("instantiatesCanonical", "")
+    if ad.get("url") and "Canonical" in annotation:
         canonical = ad["url"] + (f"|{ad['version']}" if ad.get("version") else "")
-        if kind in ("ServiceRequest", "MedicationRequest", "CarePlan", "Task", "NutritionOrder"):
-            key = "instantiatesCanonical"
-            resource[key] = canonical if kind == "Task" else [canonical]
+        resource["instantiatesCanonical"] = [canonical] if "List" in annotation else canonical
     return resource
 
 
