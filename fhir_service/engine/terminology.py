@@ -3,11 +3,14 @@
 fhirpathpy has no ``memberOf()``; the engine provides it (see ``fhirpath.py``) on top of this
 index. Membership rules (documented in README "Writing rules"):
 
-* a Coding is a member when ``(system, code)`` is in the ValueSet ``expansion.contains``
-  (or in ``compose.include.concept`` when there is no expansion);
+* a Coding is a member when ``(system, code)`` is in the ValueSet ``expansion.contains`` or in
+  ``compose.include.concept``, and not in ``compose.exclude.concept``; ICD-10(-CM) codes match
+  with the dot ignored (``M62.831`` = ``M62831``);
 * a ``compose.include.filter`` ``concept is-a X`` on ICD-10-CM is a code-prefix match with the
   dot ignored (ICD-10-CM's hierarchy is its code prefix); on other systems ``is-a X`` admits X
   itself only, since descendants need a terminology server;
+* what this index cannot honour (other filter operators, ``include.valueSet`` imports, exclude
+  filters) is refused when the knowledge is loaded (``unsupported_compose``), never ignored;
 * a CodeableConcept is a member when one of its codings is, or, failing that, when its ``text``
   or a coding ``display`` contains one of the ValueSet's ``ingredient-name`` extension values
   (case-insensitive) — the medication-name fallback of clinical-rules.md §1.1 (3).
@@ -40,6 +43,7 @@ class ValueSetIndex:
 
     url: str
     codes: set[tuple[str, str]] = field(default_factory=set)
+    excluded: set[tuple[str, str]] = field(default_factory=set)
     prefixes: dict[str, list[str]] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
     # ingredient name of a code, when the concept carries an ingredient-name extension
@@ -54,10 +58,13 @@ class ValueSetIndex:
     def coding_member(self, system: str | None, code: str | None) -> bool:
         if not system or not code:
             return False
-        if (system, code) in self.codes:
+        key = _key(system, code)
+        if key in self.excluded:
+            return False
+        if key in self.codes:
             return True
         for prefix in self.prefixes.get(system, ()):
-            if _norm_icd(code).startswith(prefix):
+            if key[1].startswith(prefix):
                 return True
         return False
 
@@ -77,39 +84,76 @@ def _ingredient_of(concept: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _key(system: str, code: str) -> tuple[str, str]:
+    """How a code is indexed: ICD-10(-CM) without its dot, upper case; others as written."""
+    return (system, _norm_icd(code) if system in PREFIX_HIERARCHY_SYSTEMS else code)
+
+
+def _add_concept(index: ValueSetIndex, system: str, concept: Mapping[str, Any]) -> None:
+    code = concept.get("code")
+    if isinstance(code, str):
+        index.codes.add(_key(system, code))
+        ingredient = _ingredient_of(concept)
+        if ingredient:
+            index.code_ingredient[_key(system, code)] = ingredient
+
+
+def _add_include(index: ValueSetIndex, include: Mapping[str, Any]) -> None:
+    system = include.get("system")
+    if not isinstance(system, str):
+        return
+    for concept in include.get("concept", ()) or ():
+        _add_concept(index, system, concept)
+    for flt in include.get("filter", ()) or ():
+        if flt.get("op") != "is-a" or not isinstance(flt.get("value"), str):
+            continue  # refused at load time (unsupported_compose)
+        if system in PREFIX_HIERARCHY_SYSTEMS:
+            index.prefixes.setdefault(system, []).append(_norm_icd(flt["value"]))
+        else:
+            index.codes.add((system, flt["value"]))
+
+
 def index_value_set(vs: Mapping[str, Any]) -> ValueSetIndex:
     """Build the membership index of one ValueSet resource (JSON)."""
     index = ValueSetIndex(url=str(vs.get("url", "")))
-
-    def add(system: str, concept: Mapping[str, Any]) -> None:
-        code = concept.get("code")
-        if isinstance(code, str):
-            index.codes.add((system, code))
-            ingredient = _ingredient_of(concept)
-            if ingredient:
-                index.code_ingredient[(system, code)] = ingredient
-
     for item in (vs.get("expansion") or {}).get("contains", ()) or ():
         if isinstance(item, Mapping) and isinstance(item.get("system"), str):
-            add(item["system"], item)
-    for include in (vs.get("compose") or {}).get("include", ()) or ():
-        system = include.get("system")
-        if not isinstance(system, str):
-            continue
-        for concept in include.get("concept", ()) or ():
-            add(system, concept)
-        for flt in include.get("filter", ()) or ():
-            if flt.get("op") != "is-a" or not isinstance(flt.get("value"), str):
-                continue
-            if system in PREFIX_HIERARCHY_SYSTEMS:
-                index.prefixes.setdefault(system, []).append(_norm_icd(flt["value"]))
-            else:
-                index.codes.add((system, flt["value"]))
+            _add_concept(index, item["system"], item)
+    compose = vs.get("compose") or {}
+    for include in compose.get("include", ()) or ():
+        _add_include(index, include)
+    for exclude in compose.get("exclude", ()) or ():
+        system = exclude.get("system")
+        for concept in exclude.get("concept", ()) or ():
+            if isinstance(system, str) and isinstance(concept.get("code"), str):
+                index.excluded.add(_key(system, concept["code"]))
     for ext in vs.get("extension", ()) or ():
         if ext.get("url") == INGREDIENT_NAME_URL and isinstance(ext.get("valueString"), str):
             index.names.append(ext["valueString"].lower())
     index.finish()
     return index
+
+
+def unsupported_compose(vs: Mapping[str, Any]) -> list[str]:
+    """The parts of ``vs.compose`` membership here cannot honour (refused at load time)."""
+    problems: list[str] = []
+    compose = vs.get("compose") or {}
+    for part in ("include", "exclude"):
+        for index, rule in enumerate(compose.get(part, ()) or ()):
+            where = f"compose.{part}[{index}]"
+            if rule.get("valueSet"):
+                problems.append(f"{where}.valueSet (importing ValueSets) is not supported")
+            if not rule.get("system") and (rule.get("concept") or rule.get("filter")):
+                problems.append(f"{where} needs a system")
+            for position, flt in enumerate(rule.get("filter", ()) or ()):
+                if part == "exclude":
+                    problems.append(f"{where}.filter is not supported (list excluded concepts)")
+                elif flt.get("op") != "is-a" or flt.get("property") != "concept":
+                    problems.append(
+                        f"{where}.filter[{position}] {flt.get('property')!r} {flt.get('op')!r} "
+                        "is not supported (only concept is-a)"
+                    )
+    return problems
 
 
 class Terminology:
@@ -155,7 +199,8 @@ class Terminology:
         for coding in codings:
             system, code = coding.get("system"), coding.get("code")
             if index.coding_member(system, code):
-                found.append(index.code_ingredient.get((str(system), str(code)), str(code)))
+                ingredient = index.code_ingredient.get(_key(str(system), str(code)))
+                found.append(ingredient or str(code))
         if found:
             return found
         for text in texts:

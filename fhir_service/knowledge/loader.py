@@ -10,7 +10,9 @@ Checks (each failure names the file and the problem; all problems are reported a
 4. ``url|version`` is unique;
 5. canonical references resolve: ``PlanDefinition.library``, ``action.definitionCanonical``
    (without a cycle of nested PlanDefinitions), ``memberOf()``/``ingredients()`` value sets,
-   ``answerValueSet``; an ActivityDefinition ``kind`` is a request resource type;
+   ``answerValueSet``; an ActivityDefinition ``kind`` is a request resource type; a ValueSet's
+   compose uses only what membership honours (concept lists, ``concept is-a`` filters,
+   excluded concepts);
 6. every FHIRPath expression compiles; PlanDefinition, ActivityDefinition and Library logic
    (conditions, dynamicValues, variables) is ``text/fhirpath`` with simple dynamicValue paths;
    every ``%variable`` of a PlanDefinition, ActivityDefinition or Library expression is defined
@@ -33,7 +35,7 @@ from typing import Any
 from fhir_service import fhir
 from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.questionnaire_populate import compile_questionnaire
-from fhir_service.engine.terminology import Terminology
+from fhir_service.engine.terminology import Terminology, unsupported_compose
 from fhir_service.engine.values import is_simple_path
 from fhir_service.knowledge.expressions import (
     FHIRPATH,
@@ -197,10 +199,7 @@ def check_references(artifacts: list[Artifact]) -> list[str]:
                         action["definitionCanonical"],
                         ("ActivityDefinition", "PlanDefinition"),
                     )
-        if art.resource_type == "ActivityDefinition" and res.get("kind") not in REQUEST_KINDS:
-            problems.append(
-                f"{art.source}: kind {res.get('kind')!r} is not an R4 request resource type"
-            )
+        problems += _content_problems(art)
         for path, expr in iter_expressions(res, art.resource_type):
             for vs in VALUESET_ARG_RE.findall(expr["expression"]):
                 need(art, f"{path} value set", vs, ("ValueSet",))
@@ -210,6 +209,16 @@ def check_references(artifacts: list[Artifact]) -> list[str]:
                 if node not in contained:
                     need(art, path, node, ("ValueSet",))
     return problems
+
+
+def _content_problems(art: Artifact) -> list[str]:
+    """What the engine could not honour in a ValueSet or an ActivityDefinition."""
+    res = art.resource
+    if art.resource_type == "ValueSet":
+        return [f"{art.source}: {p}" for p in unsupported_compose(res)]
+    if art.resource_type == "ActivityDefinition" and res.get("kind") not in REQUEST_KINDS:
+        return [f"{art.source}: kind {res.get('kind')!r} is not an R4 request resource type"]
+    return []
 
 
 def check_plan_cycles(artifacts: list[Artifact]) -> list[str]:
