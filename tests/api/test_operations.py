@@ -769,13 +769,18 @@ def anyio_backend() -> str:
 
 @pytest.mark.anyio
 async def test_hook_evaluation_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """Four 100-resource patient-view calls in flight: /healthz still answers at once.
+
+    The rules run in worker threads; the loop only parses, awaits and serialises. A blocked
+    loop would hold /healthz until a call ends (hundreds of ms); GIL sharing with the workers
+    costs the probe a few ms at most.
+    """
     app = make_app(tmp_path)
     request = hundred_resources()
     transport = httpx.ASGITransport(app=app)
     finished: list[float] = []
-    health: list[float] = []
+    probes: list[tuple[float, float]] = []  # (latency, completed at)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        # warm up (lazy imports, first compile of models)
         warm = await http.post("/cds-services/muscle-spasm-patient-view", json=request)
         assert warm.status_code == 200, warm.text
 
@@ -786,22 +791,22 @@ async def test_hook_evaluation_does_not_block_the_event_loop(tmp_path: Path) -> 
 
         async def probe() -> None:
             await anyio.sleep(0.05)  # the four calls are in their worker threads by now
-            for _ in range(3):
+            for _ in range(5):
                 started = time.perf_counter()
                 response = await http.get("/healthz")
-                health.append(time.perf_counter() - started)
+                done = time.perf_counter()
                 assert response.json() == {"status": "ok"}
+                probes.append((done - started, done))
                 await anyio.sleep(0.01)
 
-        started = time.perf_counter()
         async with anyio.create_task_group() as group:
             for _ in range(4):
                 group.start_soon(call)
             group.start_soon(probe)
     assert len(finished) == 4
-    assert min(health) < 0.1, health
-    # /healthz answered while the calls were still being evaluated
-    assert started + 0.05 + sum(health) < max(finished)
+    during = [latency for latency, done in probes if done < min(finished)]
+    assert during, "no /healthz answer came back while the calls were running"
+    assert min(during) < 0.1, probes
 
 
 def test_apply_uses_the_pinned_clock(mini: TestClient) -> None:
