@@ -59,7 +59,7 @@ class KnowledgeBase:
             candidates = [a for a in candidates if a.version == version]
         if not candidates:
             return None
-        return sorted(candidates, key=lambda a: a.version or "")[-1]
+        return max(candidates, key=lambda a: version_key(a.version))
 
     def of_type(self, resource_type: str) -> list[Artifact]:
         return [a for a in self.artifacts if a.resource_type == resource_type]
@@ -75,6 +75,14 @@ class KnowledgeBase:
                 options = [v for v in value.split(",") if v]
                 result = [a for a in result if _matches(a.resource, name, modifier, options)]
         return sorted(result, key=lambda a: a.id)
+
+
+def version_key(version: str | None) -> tuple[tuple[int, int | str], ...]:
+    """Order versions as semver-like dotted numbers (``0.10.0`` after ``0.9.0``); a
+    non-numeric part sorts after the numbers at its position; no version sorts first."""
+    if not version:
+        return ()
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.split("."))
 
 
 def _matches(resource: dict[str, Any], name: str, modifier: str, options: list[str]) -> bool:

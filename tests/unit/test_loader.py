@@ -258,3 +258,23 @@ def test_compiler_rejects_what_fhirpathpy_would_accept() -> None:
         with pytest.raises(ValueError, match="does not parse"):
             compiler.compile(text)
     assert compiler.compiled_count == 0
+
+
+def test_latest_version_wins_by_canonical() -> None:
+    from fhir_service.engine.terminology import Terminology
+    from fhir_service.knowledge.repository import KnowledgeBase, version_key
+
+    url = "http://example.org/fhir/muscle-spasm/PlanDefinition/x"
+    arts = [
+        Artifact("PlanDefinition", f"x{v}", url, v, {"id": f"x{v}"}, f"x{v}.json")
+        for v in ("0.9.0", "0.10.0", "0.2.0")
+    ]
+    knowledge = KnowledgeBase(arts, Terminology(), FhirPathCompiler())
+    latest = knowledge.by_canonical(url)
+    assert latest is not None and latest.version == "0.10.0"
+    pinned = knowledge.by_canonical(f"{url}|0.9.0")
+    assert pinned is not None and pinned.version == "0.9.0"
+    assert knowledge.by_canonical(f"{url}|1.0.0") is None
+    assert knowledge.by_canonical(url, "ValueSet") is None
+    assert version_key("1.0.0-rc1") < version_key("1.0.1")
+    assert version_key(None) < version_key("0.0.1")
