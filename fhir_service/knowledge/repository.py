@@ -8,6 +8,7 @@ and ``:contains`` modifiers supported), token/uri parameters match exactly, a co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,7 @@ def version_key(version: str | None) -> tuple[tuple[int, int | str], ...]:
     non-numeric part sorts after the numbers at its position; no version sorts first."""
     if not version:
         return ()
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in version.split("."))
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+-]", version))
 
 
 def _matches(resource: dict[str, Any], name: str, modifier: str, options: list[str]) -> bool:
