@@ -14,7 +14,12 @@ Mapping (CDS on FHIR, cds-hooks.md §5 and §1.7, with HAPI's two bugs as the wa
   ``remove`` → ``delete`` with ``resourceId``); ``selectionBehavior`` becomes ``at-most-one``
   (``at-most-one``/``exactly-one``) or ``any`` (every other code), present exactly when there
   are suggestions;
-* every card and suggestion gets a fresh ``uuid``; no ``null``/``""``/``[]``/``{}`` is emitted.
+* every card and suggestion gets a fresh ``uuid``; no ``null``/``""``/``[]``/``{}`` is emitted;
+* only what a client can use is emitted: links and ``source.url`` are absolute ``http(s)`` URLs,
+  a link ``type`` is ``absolute`` or ``smart``, an override reason is a full Coding (``system``,
+  ``code``, ``display``), and when the call's draft orders are known (``CardContext.drafts``)
+  an ``update``/``delete`` action targets one of them (contract: "No suggestion action targets
+  a resource outside ``draftOrders``, except a ``create``").
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 EXT_BASE = "http://example.org/fhir/muscle-spasm/StructureDefinition"
 OVERRIDE_REASON_EXT = f"{EXT_BASE}/override-reason"
@@ -29,6 +35,7 @@ LINK_TYPE_EXT = f"{EXT_BASE}/link-type"
 INDICATORS = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 SUMMARY_MAX = 139
+LINK_TYPES = ("absolute", "smart")
 
 
 @dataclass(frozen=True)
@@ -39,11 +46,26 @@ class CardContext:
     fhir_base: str  # e.g. http://127.0.0.1:8000/fhir
     canonical_base: str  # canonical base of our artifacts
     resources: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # "#id" → resource
+    drafts: frozenset[str] | None = None  # "Type/id" of the call's draft orders, when known
 
 
 def truncate(text: str, limit: int = SUMMARY_MAX) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _text(value: Any) -> str:
+    """``value`` as one-line-normalised text ("" for None or blank)."""
+    return " ".join(str(value).split()) if value is not None else ""
+
+
+def _absolute_url(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    return value.strip()
 
 
 def indicator(priority: Any) -> str:
@@ -65,10 +87,11 @@ def _ext_values(node: Mapping[str, Any], url: str, key: str) -> list[Any]:
 def source_of(action: Mapping[str, Any], fallback_label: str) -> dict[str, Any]:
     docs = action.get("documentation") or []
     first = docs[0] if docs else {}
-    label = first.get("display") or first.get("label") or fallback_label
-    source: dict[str, Any] = {"label": label}
-    if first.get("url"):
-        source["url"] = first["url"]
+    label = _text(first.get("display")) or _text(first.get("label")) or _text(fallback_label)
+    source: dict[str, Any] = {"label": label or "Muscle spasm guideline"}
+    url = _absolute_url(first.get("url"))
+    if url:
+        source["url"] = url
     topic = _first_coding(action)
     if topic:
         source["topic"] = topic
@@ -78,14 +101,16 @@ def source_of(action: Mapping[str, Any], fallback_label: str) -> dict[str, Any]:
 def links_of(action: Mapping[str, Any], ctx: CardContext) -> list[dict[str, Any]]:
     links = []
     for doc in action.get("documentation") or ():
-        url = doc.get("url")
+        url = _absolute_url(doc.get("url"))
         resource = doc.get("resource")
         if not url and isinstance(resource, str) and resource.startswith(ctx.canonical_base + "/"):
             url = ctx.fhir_base + resource[len(ctx.canonical_base) :].split("|")[0]
         if not url:
             continue
         link_type = (_ext_values(doc, LINK_TYPE_EXT, "valueCode") or ["absolute"])[0]
-        label = doc.get("label") or doc.get("display") or url
+        if link_type not in LINK_TYPES:
+            link_type = "absolute"
+        label = _text(doc.get("label")) or _text(doc.get("display")) or url
         links.append({"label": label, "url": url, "type": link_type})
     return links
 
@@ -105,35 +130,43 @@ def suggestion_actions(action: Mapping[str, Any], ctx: CardContext) -> list[dict
         kind = _action_kind(node)
         if kind == "fire-event":
             continue
-        description = node.get("description") or node.get("title") or kind
+        if kind not in ("create", "update", "delete"):
+            continue
+        description = _text(node.get("description")) or _text(node.get("title")) or kind
         item: dict[str, Any] = {"type": kind, "description": description}
         if kind == "delete":
+            target = ref
             item["resourceId"] = ref
         else:
             resource = ctx.resources.get(ref)
-            if resource is None:
+            if not isinstance(resource, dict):
                 continue
+            target = f"{resource.get('resourceType')}/{resource.get('id')}"
             item["resource"] = resource
+        if kind != "create" and ctx.drafts is not None and target not in ctx.drafts:
+            continue  # update/delete only on the call's draft orders
         out.append(item)
     return out
 
 
 def build_card(action: Mapping[str, Any], ctx: CardContext, fallback_label: str) -> dict[str, Any]:
+    summary = truncate(_text(action.get("title")) or _text(fallback_label))
     card: dict[str, Any] = {
         "uuid": ctx.new_uuid(),
-        "summary": truncate(str(action.get("title") or fallback_label)),
+        "summary": summary or "Muscle spasm guideline",
         "indicator": indicator(action.get("priority")),
         "source": source_of(action, fallback_label),
     }
-    if action.get("description"):
-        card["detail"] = str(action["description"])
+    detail = action.get("description")
+    if isinstance(detail, str) and detail.strip():
+        card["detail"] = detail
     suggestions = []
     for child in action.get("action") or ():
         actions = suggestion_actions(child, ctx)
         if not actions:
             continue
         suggestion: dict[str, Any] = {
-            "label": truncate(str(child.get("title") or actions[0]["description"]), 200),
+            "label": truncate(_text(child.get("title")) or actions[0]["description"], 200),
             "uuid": ctx.new_uuid(),
             "actions": actions,
         }
@@ -145,7 +178,9 @@ def build_card(action: Mapping[str, Any], ctx: CardContext, fallback_label: str)
             "at-most-one" if behaviour in ("at-most-one", "exactly-one") else "any"
         )
     reasons = [
-        c for c in _ext_values(action, OVERRIDE_REASON_EXT, "valueCoding") if c.get("display")
+        {k: c[k] for k in ("system", "code", "display")}
+        for c in _ext_values(action, OVERRIDE_REASON_EXT, "valueCoding")
+        if isinstance(c, dict) and all(_text(c.get(k)) for k in ("system", "code", "display"))
     ]
     if reasons:
         card["overrideReasons"] = reasons

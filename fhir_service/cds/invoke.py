@@ -148,9 +148,16 @@ def _triggers(call: HookCall, data: DataSet) -> list[dict[str, Any]] | None:
 
 def build_call_data(call: HookCall, prefetched: Mapping[str, Any], max_resources: int) -> DataSet:
     drafts = call.context.get("draftOrders")
-    data = build_data_set(list(prefetched.values()), [drafts] if drafts else [])
+    data = build_data_set(
+        list(prefetched.values()), [drafts] if drafts else [], patient_id=call.patient_id
+    )
     if data.size > max_resources:
         raise PayloadTooLarge(f"more than {max_resources} resources in the call")
+    if data.foreign:
+        log.warning(
+            "left out resources about another patient",
+            extra={"hookInstance": call.hook_instance, "count": data.foreign},
+        )
     if data.ignored:
         log.warning(
             "ignored non-R4 resources",
@@ -169,13 +176,14 @@ def evaluate_service(
     scope = runtime.engine.new_scope(CallInput(data, now, call.patient_id, triggers), issues)
     subject = f"Patient/{call.patient_id}"
     cards: list[dict[str, Any]] = []
+    drafts = frozenset(ref for d in data.drafts if (ref := reference_of(d)) is not None)
     with session(now, data.resolve):
         for rule in service.rules:
             result = runtime.engine.apply(
                 rule.resource, scope, subject, runtime.new_id, hook=service.hook
             )
             resources = {f"#{r['id']}": r for r in result.resources if r.get("id")}
-            ctx = CardContext(runtime.new_id, runtime.fhir_base, CANONICAL_BASE, resources)
+            ctx = CardContext(runtime.new_id, runtime.fhir_base, CANONICAL_BASE, resources, drafts)
             cards += build_cards(result.request_group, ctx, str(rule.resource.get("title")))
     for issue in issues.issues:
         log.warning(
