@@ -1,0 +1,132 @@
+"""uvicorn on a free loopback port, one worker, optionally pinned to one CPU core.
+
+The process is started by the benchmark and stopped by it (by its pid, never by name). Its
+stderr (the service's JSON log) goes to a file so that the run can check it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` (peak) of ``pid`` in KiB (psutil when installed, else /proc)."""
+    try:
+        import psutil  # type: ignore[import-not-found]
+
+        info = psutil.Process(pid).memory_info()
+        out = {"rss": int(info.rss // 1024)}
+    except ImportError:
+        out = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[{"VmRSS": "rss", "VmHWM": "peak"}[name]] = int(value.split()[0])
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_ms(pid: int) -> float:
+    """User + system CPU milliseconds of ``pid`` (all its threads), from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / _TICK
+
+
+@dataclass
+class Server:
+    """A uvicorn process serving ``target`` (``module:app``) with ``env`` added."""
+
+    name: str
+    target: str
+    env: dict[str, str]
+    log_path: Path
+    cpu: int | None = None
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = {**os.environ, **self.env}
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            self.target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--no-access-log",
+        ]
+        cpu = self.cpu
+
+        def pin() -> None:  # runs in the child before exec
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=pin,  # noqa: PLW1509
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start; see {self.log_path}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become healthy in {timeout} s")
+
+    def cpu_ms(self) -> float:
+        return cpu_ms(self.process.pid) if self.process else 0.0
+
+    def memory(self) -> dict[str, int]:
+        return rss_kib(self.process.pid) if self.process else {}
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+        self._log.close()
