@@ -7,6 +7,7 @@ auth: shared/contract.md "HTTP surface". Routers only parse, call and serialize.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -53,13 +54,14 @@ async def discovery(request: Request, runtime: RuntimeDep) -> JsonResponse:
 @router.post("/cds-services/{service_id}", response_class=JsonResponse)
 async def call_service(service_id: str, request: Request, runtime: RuntimeDep) -> JsonResponse:
     """A hook call: 200 with cards (``{"cards": []}`` when none), 400/404/412/415 otherwise."""
+    started = time.monotonic()
     await authenticate(request, runtime)
     service = _service(runtime, service_id)
     settings = runtime.settings
     body = await read_json(
         request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
     )
-    cards = await invoke(runtime, service, body)
+    cards = await invoke(runtime, service, body, started=started)
     await _remember(runtime, service, body, cards)
     return JsonResponse({"cards": cards})
 

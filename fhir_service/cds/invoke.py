@@ -17,6 +17,7 @@ Steps (design-anchors.md "Data flow of one CDS Hooks call"):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,12 @@ from fhir_service.knowledge.services import CdsService
 from fhir_service.runtime import CANONICAL_BASE, Runtime
 
 log = logging.getLogger(__name__)
+
+#: Seconds from the start of a request by which its prefetch must be complete (the contract's
+#: ceiling for a 412 is 10 s; time spent before the fetches, e.g. on a JWKS fetch, counts).
+CALL_BUDGET_SECONDS = 9.0
+#: The fetches always get at least this long, however late they start.
+MIN_FETCH_SECONDS = 0.5
 
 #: Required context fields per hook (CDS Hooks Library 1.0.1; cds-hooks.md §1.11).
 REQUIRED_CONTEXT = {
@@ -198,15 +205,31 @@ def evaluate_service(
     return sort_cards(cards)
 
 
-async def invoke(runtime: Runtime, service: CdsService, body: Any) -> list[dict[str, Any]]:
-    """Serve one call: envelope → prefetch → data → rules (in a thread) → cards."""
+def prefetch_deadline(runtime: Runtime, started: float | None) -> float:
+    """Seconds the prefetch may take: the configured deadline, cut so that the whole request
+    (``started`` is its ``time.monotonic()``) stays within ``CALL_BUDGET_SECONDS``."""
+    deadline = runtime.settings.prefetch_deadline_seconds
+    if started is None:
+        return deadline
+    remaining = CALL_BUDGET_SECONDS - (time.monotonic() - started)
+    return min(deadline, max(remaining, MIN_FETCH_SECONDS))
+
+
+async def invoke(
+    runtime: Runtime, service: CdsService, body: Any, *, started: float | None = None
+) -> list[dict[str, Any]]:
+    """Serve one call: envelope → prefetch → data → rules (in a thread) → cards.
+
+    ``started`` (``time.monotonic()`` at the request's arrival) bounds the prefetch so that a
+    412 is answered within the contract's 10 s even after a slow JWT key fetch.
+    """
     call = parse_hook_call(body, service)
     fetcher = runtime.fetcher if call.fhir_server else None
     prefetched = await complete_prefetch(
         service.prefetch,
         PrefetchRequest(call.context, call.prefetch, call.fhir_server, call.token),
         fetcher,
-        runtime.settings.prefetch_deadline_seconds,
+        prefetch_deadline(runtime, started),
     )
     data = build_call_data(call, prefetched, runtime.settings.max_resources)
     return await anyio.to_thread.run_sync(

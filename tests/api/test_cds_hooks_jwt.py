@@ -7,6 +7,7 @@ app's rule clock is pinned far in the past (``FHIR_SERVICE_NOW`` never drives JW
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm
 
+from fhir_service.cds import invoke as invoke_module
 from tests.api.test_cds_hooks_support import PV, cds_app, hook_request, rf01_prefetch
 from tests.conftest import make_app
 
@@ -317,3 +319,45 @@ def test_default_settings_refuse_discovery(tmp_path: Path) -> None:
         assert client.get("/cds-services").status_code == 401
         assert client.get("/cds-services", headers=bearer(mint(DISCOVERY))).status_code == 401
         assert client.get("/healthz").status_code == 200
+
+
+# -- the 10 s budget counts the JWT key fetch -----------------------------------------------------
+
+
+def test_slow_jwks_fetch_counts_against_the_412_budget(
+    tmp_path: Path, issuers_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow JWKS fetch plus a hanging FHIR server still gives a 412 within the budget."""
+    monkeypatch.setattr(invoke_module, "CALL_BUDGET_SECONDS", 3.0)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if str(request.url) == JKU:
+            await asyncio.sleep(1.5)
+            return httpx.Response(200, json={"keys": [public_jwk(JKU_KEY, "sandbox-key")]})
+        await asyncio.sleep(30)
+        return httpx.Response(500)
+
+    app = cds_app(
+        tmp_path,
+        transport=httpx.MockTransport(handler),
+        auth="jwt",
+        trusted_issuers=issuers_file,
+        fhir_server_allowlist=("http://ehr.test", "http://keys.test/.well-known"),
+        prefetch_deadline_seconds=8,
+    )
+    sent = rf01_prefetch()
+    del sent["conditions"]
+    body = hook_request(
+        "muscle-spasm-patient-view", prefetch=sent, fhirServer="http://ehr.test/fhir"
+    )
+    token = mint(SERVICE, key=JKU_KEY, iss=JKU_ISS, kid="sandbox-key", header={"jku": JKU})
+    with TestClient(app) as client:
+        started = time.monotonic()
+        response = client.post(PV, json=body, headers=bearer(token))
+        elapsed = time.monotonic() - started
+    assert response.status_code == 412, response.text
+    assert 1.5 <= elapsed < 3.6, elapsed
+
+
+def test_default_budget_is_within_the_contract() -> None:
+    assert invoke_module.CALL_BUDGET_SECONDS + 0.5 < 10
