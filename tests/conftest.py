@@ -13,8 +13,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from fhir_service.knowledge.repository import KnowledgeBase
 from fhir_service.main import create_app
-from fhir_service.runtime import build_runtime
+from fhir_service.runtime import build_runtime, load_knowledge
 from fhir_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def counter_ids(prefix: str = "id") -> Callable[[], str]:
     counter = itertools.count(1)
     return lambda: f"{prefix}-{next(counter)}"
+
+
+_KNOWLEDGE: dict[Path, KnowledgeBase] = {}
+
+
+def shared_knowledge(config: Settings) -> KnowledgeBase:
+    """Load each definitions folder once per test session (loading validates and compiles)."""
+    folder = config.definitions_dir.resolve()
+    if folder not in _KNOWLEDGE:
+        _KNOWLEDGE[folder] = load_knowledge(config)
+    return _KNOWLEDGE[folder]
 
 
 def make_app(
@@ -56,6 +68,7 @@ def make_app(
         new_id=counter_ids(),
         transport=transport,
         resolver=lambda _host: ["93.184.216.34"],
+        knowledge=shared_knowledge(config),
     )
     return create_app(config, runtime)
 

@@ -164,10 +164,10 @@ def _call(runtime: Runtime, inputs: ApplyInputs) -> CallInput:
         if isinstance(entries, list) and len(entries) > limit:
             raise PayloadTooLarge(f"more than {limit} resources in data")
         check_data_bundle(bundle)
-    data = build_data_set(inputs.data, drafts_from_status=True)
+    patient_id = inputs.subject.split("/", 1)[1] if inputs.subject.startswith("Patient/") else None
+    data = build_data_set(inputs.data, drafts_from_status=True, patient_id=patient_id)
     if data.size > limit:
         raise PayloadTooLarge(f"more than {limit} resources in data")
-    patient_id = inputs.subject.split("/", 1)[1] if inputs.subject.startswith("Patient/") else None
     return CallInput(data, runtime.now(), patient_id, None, inputs.parameters)
 
 

@@ -58,6 +58,7 @@ class DataSet:
     contained: dict[str, dict[str, Any]] = field(default_factory=dict)
     drafts: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    foreign: int = 0
 
     @property
     def size(self) -> int:
@@ -116,8 +117,41 @@ class DataSet:
         return any(resource is d for d in self.drafts)
 
 
+#: Elements that name the patient a resource is about (R4), in order of preference.
+PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
+
+
+def about_other_patient(resource: Mapping[str, Any], patient_id: str | None) -> bool:
+    """True when ``resource`` is about a Patient other than ``patient_id``.
+
+    A resource naming no Patient (or a Group, a Device...) is kept. An EHR's server or a
+    prefetch may return other patients' data (a search that ignores ``patient=``): it must never
+    feed the rules.
+    """
+    if not patient_id:
+        return False
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id") not in (None, patient_id)
+    for element in PATIENT_ELEMENTS:
+        ref = resource.get(element)
+        if not isinstance(ref, Mapping):
+            continue
+        target = ref.get("reference")
+        if not isinstance(target, str) or target.startswith("#"):
+            continue
+        parts = target.rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2] == "Patient":
+            return parts[-1] != patient_id
+        return False
+    return False
+
+
 def build_data_set(
-    record: Iterable[Any], drafts: Iterable[Any] = (), *, drafts_from_status: bool = False
+    record: Iterable[Any],
+    drafts: Iterable[Any] = (),
+    *,
+    drafts_from_status: bool = False,
+    patient_id: str | None = None,
 ) -> DataSet:
     """Index ``record`` and ``drafts``.
 
@@ -126,12 +160,19 @@ def build_data_set(
         drafts: the orders being decided (hook ``context.draftOrders``).
         drafts_from_status: ``$apply`` semantics: a record resource whose ``status`` is
             ``draft`` is an order being decided.
+        patient_id: the call's patient; resources about another patient are left out
+            (counted in ``foreign``).
     """
     data = DataSet()
     for resource in flatten(list(drafts)):
+        if about_other_patient(resource, patient_id):
+            data.foreign += 1
+            continue
         data.add_draft(resource)
     for resource in flatten(list(record)):
-        if drafts_from_status and resource.get("status") == "draft":
+        if about_other_patient(resource, patient_id):
+            data.foreign += 1
+        elif drafts_from_status and resource.get("status") == "draft":
             data.add_draft(resource)
         else:
             data.add(resource)

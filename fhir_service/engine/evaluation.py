@@ -154,17 +154,24 @@ class Scope:
             return []
         self._active.add(var.name)
         try:
-            return self.evaluate(var.expression, var.source)
+            return self.evaluate(var.expression, var.source, typed=True)
         finally:
             self._active.discard(var.name)
 
     def env(self, expression: CompiledExpression) -> dict[str, Any]:
         return {name: self.get(name) for name in expression.variables}
 
-    def evaluate(self, expression: CompiledExpression, source: str) -> list[Any]:
-        """Evaluate on the patient; on failure record an issue and return empty."""
+    def evaluate(
+        self, expression: CompiledExpression, source: str, *, typed: bool = False
+    ) -> list[Any]:
+        """Evaluate on the patient; on failure record an issue and return empty.
+
+        ``typed`` keeps fhirpathpy's typed nodes (variables: see
+        ``CompiledExpression.evaluate_typed``); otherwise the result is plain JSON.
+        """
         try:
-            return expression.evaluate(self.patient or {}, self.env(expression))
+            run = expression.evaluate_typed if typed else expression.evaluate
+            return run(self.patient or {}, self.env(expression))
         except Exception as exc:  # fhirpathpy raises assorted types; never fail the call
             self.issues.error(f"expression failed: {type(exc).__name__}: {exc}", source)
             return []

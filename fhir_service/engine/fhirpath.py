@@ -301,8 +301,14 @@ class FhirPathCompiler:
         fn = set_paths(
             fhirpathpy.apply_parsed_path, parsedPath=ast, model=R4_MODEL, options=options
         )
+        typed_fn = set_paths(
+            fhirpathpy.apply_parsed_path,
+            parsedPath=ast,
+            model=R4_MODEL,
+            options={**options, "returnRawData": True},
+        )
         names = frozenset(a or b for a, b in VARIABLE_RE.findall(expression)) - BUILTIN_VARIABLES
-        compiled = CompiledExpression(expression, fn, names)
+        compiled = CompiledExpression(expression, fn, names, typed_fn)
         self._cache[expression] = compiled
         return compiled
 
@@ -394,14 +400,26 @@ class CompiledExpression:
     expression: str
     fn: Callable[..., list[Any]]
     variables: frozenset[str]
+    typed_fn: Callable[..., list[Any]] | None = None
 
     def evaluate(self, resource: Any, env: Mapping[str, Any]) -> list[Any]:
         """Evaluate on ``resource`` with ``env`` as ``%variables`` (inside a ``session``)."""
         return self.fn(resource if resource is not None else {}, dict(env))
 
+    def evaluate_typed(self, resource: Any, env: Mapping[str, Any]) -> list[Any]:
+        """Like ``evaluate`` but keeps fhirpathpy's typed nodes in the result.
+
+        Used for variables: a variable holding FHIR elements (not resources), e.g. the items of
+        a QuestionnaireResponse, keeps their types, so ``answer.value.ofType(Coding)`` works
+        when another expression reads it. Convert with ``values.to_json`` before output.
+        """
+        fn = self.typed_fn or self.fn
+        return fn(resource if resource is not None else {}, dict(env))
+
 
 def as_boolean(result: list[Any]) -> bool | None:
     """FHIRPath singleton evaluation to Boolean: True/False, or None when empty/not boolean."""
-    if len(result) != 1 or not isinstance(result[0], bool):
+    if len(result) != 1:
         return None
-    return result[0]
+    value = getattr(result[0], "data", result[0])
+    return value if isinstance(value, bool) else None
