@@ -453,11 +453,6 @@ LEAK_BUNDLE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the engine uses resources about another patient (QuestionnaireResponse.subject "
-    "is not checked against context.patientId), and SEKMET returns them",
-)
 def test_other_patients_data_from_a_lenient_server_makes_no_card(
     sekmet_bin: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
