@@ -227,6 +227,17 @@ def render(directory: Path = DEFINITIONS) -> str:
             f"{' / '.join(row['indicators'])} | {'<br>'.join(row['summaries'])} | "
             f"{'<br>'.join(inputs)} | {'<br>'.join(row['sources'])} |"
         )
+    precedence: dict[str, list[str]] = {}
+    for row in rows:
+        for description, _ in row["conditions"]:
+            if description.startswith("§1.4"):
+                precedence.setdefault(_cell(description), []).append(row["id"])
+    if precedence:
+        lines += ["", "## Precedence (clinical-rules §1.4)", "",
+                  "Each rule carries its precedence as an applicability condition (descriptions "
+                  "starting with §1.4), so a suppressed rule simply does not apply:", ""]
+        for description in sorted(precedence):
+            lines.append(f"- {description} — in {', '.join(precedence[description])}")
     lines.append("")
     lines.append("## Conditions by rule")
     for row in rows:
