@@ -175,7 +175,7 @@ def _apply_plan(runtime: Runtime, plan: Artifact, inputs: ApplyInputs) -> dict[s
     call = _call(runtime, inputs)
     issues = IssueLog()
     scope = runtime.engine.new_scope(call, issues)
-    with session(call.now, call.data.resolve):
+    with session(call.now, call.data.resolve, call.data.resolve_scoped):
         result = runtime.engine.apply(plan.resource, scope, inputs.subject, runtime.new_id)
     result.issues.issues[:] = issues.issues
     return care_plan(
@@ -215,7 +215,7 @@ def _apply_activity(runtime: Runtime, ad: Artifact, inputs: ApplyInputs) -> dict
     call = _call(runtime, inputs)
     issues = IssueLog()
     scope = runtime.engine.new_scope(call, issues)
-    with session(call.now, call.data.resolve):
+    with session(call.now, call.data.resolve, call.data.resolve_scoped):
         resource = apply_activity(
             ad.resource,
             inputs.subject,

@@ -184,7 +184,7 @@ def evaluate_service(
     subject = f"Patient/{call.patient_id}"
     cards: list[dict[str, Any]] = []
     drafts = frozenset(ref for d in data.drafts if (ref := reference_of(d)) is not None)
-    with session(now, data.resolve):
+    with session(now, data.resolve, data.resolve_scoped):
         for rule in service.rules:
             result = runtime.engine.apply(
                 rule.resource, scope, subject, runtime.new_id, hook=service.hook

@@ -59,6 +59,8 @@ class DataSet:
     drafts: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     foreign: int = 0
+    #: id() of each ``#``-Reference object → the contained resources of the resource holding it
+    _owners: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -90,9 +92,37 @@ class DataSet:
         self._index_contained(resource)
 
     def _index_contained(self, resource: Mapping[str, Any]) -> None:
+        local: dict[str, dict[str, Any]] = {}
         for inner in resource.get("contained") or ():
             if isinstance(inner, dict) and isinstance(inner.get("id"), str):
                 self.contained.setdefault("#" + inner["id"], inner)
+                local["#" + inner["id"]] = inner
+        if not local:
+            return
+        stack: list[Any] = [v for k, v in resource.items() if k != "contained"]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                if isinstance(node.get("reference"), str) and node["reference"].startswith("#"):
+                    self._owners[id(node)] = local
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+
+    def resolve_scoped(self, reference: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Resolve a ``#id`` Reference within the resource that holds this Reference object.
+
+        The data of a call is indexed once, so the Reference objects fhirpathpy hands to
+        ``resolve()`` are the very ones indexed here; an unknown object (a copy) falls back to
+        the call-wide ``#id`` index.
+        """
+        target = reference.get("reference")
+        if not isinstance(target, str):
+            return None
+        owner = self._owners.get(id(reference))
+        if owner is not None:
+            return owner.get(target)
+        return self.contained.get(target)
 
     def resolve(self, reference: str) -> dict[str, Any] | None:
         """The resource a reference names: ``#id``, ``Type/id`` or an absolute URL ending so."""

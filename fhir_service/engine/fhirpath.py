@@ -65,15 +65,22 @@ class EvaluationSession:
 
     now: datetime
     resolver: Resolver | None = None
+    #: Resolves a Reference object itself: ``#id`` looked up in the contained resources of the
+    #: resource that holds that very Reference (identity), not of any resource of the call.
+    scoped: Callable[[Mapping[str, Any]], dict[str, Any] | None] | None = None
 
 
 _SESSION: ContextVar[EvaluationSession | None] = ContextVar("fhirpath_session", default=None)
 
 
 @contextmanager
-def session(now: datetime, resolver: Resolver | None = None) -> Iterator[EvaluationSession]:
+def session(
+    now: datetime,
+    resolver: Resolver | None = None,
+    scoped: Callable[[Mapping[str, Any]], dict[str, Any] | None] | None = None,
+) -> Iterator[EvaluationSession]:
     """Bind the clock and data for the evaluations run inside the ``with`` block."""
-    current = EvaluationSession(now=now, resolver=resolver)
+    current = EvaluationSession(now=now, resolver=resolver, scoped=scoped)
     token = _SESSION.set(current)
     try:
         yield current
@@ -329,14 +336,19 @@ class FhirPathCompiler:
 
     @staticmethod
     def _resolve(inputs: list[Any]) -> list[dict[str, Any]]:
-        resolver = _session().resolver
+        current = _session()
         out: list[dict[str, Any]] = []
         for value in inputs:
             ref = value.get("reference") if isinstance(value, Mapping) else value
-            if isinstance(ref, str) and resolver is not None:
-                found = resolver(ref)
-                if found is not None:
-                    out.append(found)
+            if not isinstance(ref, str):
+                continue
+            found = None
+            if ref.startswith("#") and isinstance(value, Mapping) and current.scoped is not None:
+                found = current.scoped(value)
+            elif current.resolver is not None:
+                found = current.resolver(ref)
+            if found is not None:
+                out.append(found)
         return out
 
     @staticmethod

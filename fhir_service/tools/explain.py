@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     data = build_call_data(call, call.prefetch, settings.max_resources)
     issues = IssueLog()
     scope = runtime.engine.new_scope(CallInput(data, now, call.patient_id), issues)
-    with session(now, data.resolve):
+    with session(now, data.resolve, data.resolve_scoped):
         for name in args.variables:
             print(f"%{name} = {json.dumps(to_json(scope.get(name)), default=str)[:2000]}")
     cards = evaluate_service(runtime, service, call, data)
