@@ -144,7 +144,7 @@ def parse_hook_call(body: Any, service: CdsService) -> HookCall:
     return HookCall(hook, hook_instance, context, prefetch or {}, fhir_server or None, token)
 
 
-def _triggers(call: HookCall, data: DataSet) -> list[dict[str, Any]] | None:
+def triggering_drafts(call: HookCall, data: DataSet) -> list[dict[str, Any]] | None:
     if call.hook != "order-select":
         return None
     selected = {
@@ -179,7 +179,7 @@ def evaluate_service(
     """Apply the service's rules and build the cards (CPU-bound: run in a worker thread)."""
     now = runtime.now()
     issues = IssueLog()
-    triggers = _triggers(call, data)
+    triggers = triggering_drafts(call, data)
     scope = runtime.engine.new_scope(CallInput(data, now, call.patient_id, triggers), issues)
     subject = f"Patient/{call.patient_id}"
     cards: list[dict[str, Any]] = []

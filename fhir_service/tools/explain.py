@@ -16,7 +16,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fhir_service.cds.invoke import build_call_data, evaluate_service, parse_hook_call
+from fhir_service.cds.invoke import (
+    build_call_data,
+    evaluate_service,
+    parse_hook_call,
+    triggering_drafts,
+)
 from fhir_service.engine.evaluation import CallInput
 from fhir_service.engine.fhirpath import session
 from fhir_service.engine.values import to_json
@@ -41,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     call = parse_hook_call(body, service)
     data = build_call_data(call, call.prefetch, settings.max_resources)
     issues = IssueLog()
-    scope = runtime.engine.new_scope(CallInput(data, now, call.patient_id), issues)
+    scope = runtime.engine.new_scope(
+        CallInput(data, now, call.patient_id, triggering_drafts(call, data)), issues
+    )
     with session(now, data.resolve, data.resolve_scoped):
         for name in args.variables:
             print(f"%{name} = {json.dumps(to_json(scope.get(name)), default=str)[:2000]}")
