@@ -356,7 +356,7 @@ def test_slow_jwks_fetch_counts_against_the_412_budget(
         response = client.post(PV, json=body, headers=bearer(token))
         elapsed = time.monotonic() - started
     assert response.status_code == 412, response.text
-    assert 1.5 <= elapsed < 3.6, elapsed
+    assert 1.5 <= elapsed < 4.5, elapsed  # without the budget: 1.5 s + 8 s
 
 
 def test_default_budget_is_within_the_contract() -> None:
