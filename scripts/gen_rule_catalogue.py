@@ -37,8 +37,19 @@ RULE_SYSTEM = "http://example.org/fhir/muscle-spasm/CodeSystem/rule"
 VARIABLE_RE = re.compile(r"%(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))")
 VALUESET_RE = re.compile(r"'(https?://[^'|]+/ValueSet/[^'|]+)(?:\|[^']*)?'")
 INDICATORS = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
-ENGINE_NAMES = {"patient", "now", "today", "draftOrders", "triggers", "context", "resource",
-                "rootResource", "ucum", "sct", "loinc"}
+ENGINE_NAMES = {
+    "patient",
+    "now",
+    "today",
+    "draftOrders",
+    "triggers",
+    "context",
+    "resource",
+    "rootResource",
+    "ucum",
+    "sct",
+    "loinc",
+}
 
 
 def _load(directory: Path) -> list[dict[str, Any]]:
@@ -90,12 +101,17 @@ def _rule_id(plan: Mapping[str, Any], action: Mapping[str, Any]) -> str:
 
 
 def _hooks(action: Mapping[str, Any]) -> list[str]:
-    return [str(t["name"]) for t in action.get("trigger") or ()
-            if t.get("type") == "named-event" and t.get("name")]
+    return [
+        str(t["name"])
+        for t in action.get("trigger") or ()
+        if t.get("type") == "named-event" and t.get("name")
+    ]
 
 
 def _templated(action: Mapping[str, Any], path: str) -> bool:
-    return any(str(dv.get("path", "")).lstrip("%") == path for dv in action.get("dynamicValue") or ())
+    return any(
+        str(dv.get("path", "")).lstrip("%") == path for dv in action.get("dynamicValue") or ()
+    )
 
 
 def _cell(text: str) -> str:
@@ -150,7 +166,9 @@ class Catalogue:
         return value_sets, parameters, data
 
     def sort_key(self, rule_id: str) -> tuple[int, str]:
-        order = self.rule_order.index(rule_id) if rule_id in self.rule_order else len(self.rule_order)
+        order = (
+            self.rule_order.index(rule_id) if rule_id in self.rule_order else len(self.rule_order)
+        )
         return order, rule_id
 
     def rows(self) -> list[dict[str, Any]]:
@@ -168,27 +186,35 @@ class Catalogue:
             summaries = []
             for action in actions:
                 title = _cell(action.get("title") or "")
-                summaries.append(title + (" *(templated)*" if _templated(action, "action.title") else ""))
+                summaries.append(
+                    title + (" *(templated)*" if _templated(action, "action.title") else "")
+                )
             sources = []
             for art in plan.get("relatedArtifact") or ():
                 if art.get("type") != "citation":
                     continue
                 label = _cell(art.get("display") or art.get("label") or art.get("citation") or "")
                 sources.append(f"[{label}]({art['url']})" if art.get("url") else label)
-            rows.append({
-                "id": _rule_id(plan, actions[0]),
-                "plan": str(plan.get("id")),
-                "title": _cell(plan.get("title") or ""),
-                "description": _cell(plan.get("description") or ""),
-                "hooks": hooks,
-                "indicators": list(dict.fromkeys(INDICATORS.get(str(a.get("priority")), "info") for a in actions)),
-                "summaries": summaries,
-                "value_sets": sorted(value_sets),
-                "parameters": sorted(parameters),
-                "data": sorted(data),
-                "sources": sources,
-                "conditions": conditions,
-            })
+            rows.append(
+                {
+                    "id": _rule_id(plan, actions[0]),
+                    "plan": str(plan.get("id")),
+                    "title": _cell(plan.get("title") or ""),
+                    "description": _cell(plan.get("description") or ""),
+                    "hooks": hooks,
+                    "indicators": list(
+                        dict.fromkeys(
+                            INDICATORS.get(str(a.get("priority")), "info") for a in actions
+                        )
+                    ),
+                    "summaries": summaries,
+                    "value_sets": sorted(value_sets),
+                    "parameters": sorted(parameters),
+                    "data": sorted(data),
+                    "sources": sources,
+                    "conditions": conditions,
+                }
+            )
         return sorted(rows, key=lambda r: self.sort_key(r["id"]))
 
 
@@ -199,10 +225,12 @@ def render(directory: Path = DEFINITIONS) -> str:
     lines = [
         "# Rule catalogue",
         "",
-        "<!-- Generated from definitions/ by scripts/gen_rule_catalogue.py: do not edit by hand. -->",
+        "<!-- Generated from definitions/ by scripts/gen_rule_catalogue.py: "
+        "do not edit by hand. -->",
         "",
-        f"Generated from the rule PlanDefinitions in `definitions/` ({len(rows)} rules). Regenerate with "
-        f"`{COMMAND}`; `tests/unit/test_rule_catalogue.py` fails when this page is out of date.",
+        f"Generated from the rule PlanDefinitions in `definitions/` ({len(rows)} rules). "
+        f"Regenerate with `{COMMAND}`; `tests/unit/test_rule_catalogue.py` fails when this "
+        "page is out of date.",
         "",
         "Columns: **Hooks** = the `named-event` triggers; **Indicator** = the card indicator "
         "(`priority` routine → info, urgent → warning, stat → critical); **Summary** = the card "
@@ -233,9 +261,14 @@ def render(directory: Path = DEFINITIONS) -> str:
             if description.startswith("§1.4"):
                 precedence.setdefault(_cell(description), []).append(row["id"])
     if precedence:
-        lines += ["", "## Precedence (clinical-rules §1.4)", "",
-                  "Each rule carries its precedence as an applicability condition (descriptions "
-                  "starting with §1.4), so a suppressed rule simply does not apply:", ""]
+        lines += [
+            "",
+            "## Precedence (clinical-rules §1.4)",
+            "",
+            "Each rule carries its precedence as an applicability condition (descriptions "
+            "starting with §1.4), so a suppressed rule simply does not apply:",
+            "",
+        ]
         for description in sorted(precedence):
             lines.append(f"- {description} — in {', '.join(precedence[description])}")
     lines.append("")

@@ -79,20 +79,38 @@ def test_rule_catalogue_finds_inputs_through_library_variables(tmp_path: Path) -
             {
                 "title": "Example | summary",
                 "priority": "urgent",
-                "code": [{"coding": [{"system": "http://example.org/fhir/muscle-spasm/CodeSystem/rule", "code": "X-01"}]}],
+                "code": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://example.org/fhir/muscle-spasm/CodeSystem/rule",
+                                "code": "X-01",
+                            }
+                        ]
+                    }
+                ],
                 "trigger": [{"type": "named-event", "name": "patient-view"}],
                 "condition": [
                     {
                         "kind": "applicability",
-                        "expression": {"language": "text/fhirpath", "expression": "%recent.exists()"},
+                        "expression": {
+                            "language": "text/fhirpath",
+                            "expression": "%recent.exists()",
+                        },
                     }
                 ],
             }
         ],
     }
-    for name, resource in (("Library-lib", library), ("ValueSet-vs-a", value_set), ("PlanDefinition-x-01", plan)):
+    for name, resource in (
+        ("Library-lib", library),
+        ("ValueSet-vs-a", value_set),
+        ("PlanDefinition-x-01", plan),
+    ):
         (tmp_path / f"{name}.json").write_text(json.dumps(resource), encoding="utf-8")
     text = _generator().render(tmp_path)
     row = next(line for line in text.splitlines() if line.startswith("| [X-01]"))
     assert "`vs-a`" in row and "`P_DAYS`" in row and "data: Condition" in row
-    assert "| warning |" in row and "Example \\| summary" in row and "[Seed](https://x.org/s)" in row
+    assert (
+        "| warning |" in row and "Example \\| summary" in row and "[Seed](https://x.org/s)" in row
+    )
