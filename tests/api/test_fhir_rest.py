@@ -7,6 +7,7 @@ being added to ``definitions/``. Every searchset Bundle is validated with the R4
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -432,3 +433,38 @@ def test_package_of_rf01_holds_library_and_value_sets(client: TestClient) -> Non
 
 def test_package_of_unknown_plan_is_404(client: TestClient) -> None:
     outcome(client.get("/fhir/PlanDefinition/nope/$package"), 404)
+
+
+def _plan_ids() -> list[str]:
+    definitions = Path(__file__).resolve().parent.parent.parent / "definitions"
+    return sorted(
+        p.stem.removeprefix("PlanDefinition-") for p in definitions.glob("PlanDefinition-*.json")
+    )
+
+
+@pytest.mark.parametrize("rid", _plan_ids())
+def test_package_of_every_plan_is_closed(client: TestClient, rid: str) -> None:
+    """The package holds every artifact its artifacts name by canonical (library,
+    definitionCanonical targets, memberOf()/ingredients() ValueSets)."""
+    body = package(client, rid)
+    held = {
+        f"{CANONICAL}/{e['resource']['resourceType']}/{e['resource']['id']}" for e in body["entry"]
+    }
+    plan = body["entry"][0]["resource"]
+    assert (plan["resourceType"], plan["id"]) == ("PlanDefinition", rid)
+    text = json.dumps([e["resource"] for e in body["entry"]])
+    named = set(
+        re.findall(
+            re.escape(CANONICAL)
+            + r"/(?:PlanDefinition|ActivityDefinition|Library|ValueSet)/[A-Za-z0-9\-.]+",
+            text,
+        )
+    )
+    known = {
+        f"{CANONICAL}/{a.resource_type}/{a.id}"
+        for t in KNOWLEDGE_TYPES
+        for a in artifacts(client, t)
+    }
+    assert named & known <= held
+    for library in plan.get("library", []):
+        assert library in held
