@@ -468,3 +468,20 @@ def test_package_of_every_plan_is_closed(client: TestClient, rid: str) -> None:
     assert named & known <= held
     for library in plan.get("library", []):
         assert library in held
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/fhir/PlanDefinition", 405),
+        ("PUT", "/fhir/PlanDefinition/rf-01", 405),
+        ("DELETE", "/fhir/PlanDefinition/rf-01", 405),
+        ("DELETE", "/fhir/PlanDefinition/rf-01/$apply", 405),
+        ("GET", "/fhir/PlanDefinition/rf-01/_history/1", 404),
+        ("GET", "/fhir", 404),
+    ],
+)
+def test_interactions_not_served_are_operation_outcomes(
+    client: TestClient, method: str, path: str, status: int
+) -> None:
+    outcome(client.request(method, path), status)
