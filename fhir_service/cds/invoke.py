@@ -16,9 +16,11 @@ Steps (design-anchors.md "Data flow of one CDS Hooks call"):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,6 +175,20 @@ def build_call_data(call: HookCall, prefetched: Mapping[str, Any], max_resources
     return data
 
 
+#: Namespace of card and suggestion uuids (uuid5 over service id, hookInstance and position).
+CARD_UUID_NAMESPACE = uuid.UUID("5b0c2a35-7d1e-4f0a-9a63-2f1f3c9b8e41")
+
+
+def call_uuids(service_id: str, hook_instance: str) -> Callable[[], str]:
+    """Card/suggestion uuids for one call: unique per hookInstance, and the same when a client
+    retries the same hookInstance, so feedback on either response joins to the same cards
+    (reliability-security-performance.md §6.2 R11)."""
+    counter = itertools.count(1)
+    return lambda: str(
+        uuid.uuid5(CARD_UUID_NAMESPACE, f"{service_id}|{hook_instance}|{next(counter)}")
+    )
+
+
 def evaluate_service(
     runtime: Runtime, service: CdsService, call: HookCall, data: DataSet
 ) -> list[dict[str, Any]]:
@@ -184,13 +200,14 @@ def evaluate_service(
     subject = f"Patient/{call.patient_id}"
     cards: list[dict[str, Any]] = []
     drafts = frozenset(ref for d in data.drafts if (ref := reference_of(d)) is not None)
+    card_uuids = call_uuids(service.id, call.hook_instance)
     with session(now, data.resolve, data.resolve_scoped):
         for rule in service.rules:
             result = runtime.engine.apply(
                 rule.resource, scope, subject, runtime.new_id, hook=service.hook
             )
             resources = {f"#{r['id']}": r for r in result.resources if r.get("id")}
-            ctx = CardContext(runtime.new_id, runtime.fhir_base, CANONICAL_BASE, resources, drafts)
+            ctx = CardContext(card_uuids, runtime.fhir_base, CANONICAL_BASE, resources, drafts)
             cards += build_cards(result.request_group, ctx, str(rule.resource.get("title")))
     for issue in issues.issues:
         log.warning(

@@ -93,6 +93,14 @@ def test_round_trip_issued_overridden_accepted(client: TestClient) -> None:
     assert (stats["issued"], stats["accepted"], stats["overridden"]) == (2, 1, 1)
 
 
+def test_a_retried_hook_instance_gives_the_same_card_uuids(client: TestClient) -> None:
+    body = hook_request("muscle-spasm-patient-view", prefetch=rf01_prefetch())
+    first = client.post(PV, json=body).json()["cards"]
+    again = client.post(PV, json=body).json()["cards"]
+    assert [c["uuid"] for c in first] == [c["uuid"] for c in again]
+    assert rule_stats(client, "RF-01")["issued"] == 1  # recorded once
+
+
 def test_repeated_item_is_idempotent(client: TestClient) -> None:
     card = rf01_card(client)
     item = overridden(card["uuid"], overrideReason={"userComment": "seen already"})

@@ -14,6 +14,7 @@ import asyncio
 import copy
 import functools
 import itertools
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -257,7 +258,7 @@ def hook_request(
     hook = SERVICES[service_id]
     body: dict[str, Any] = {
         "hook": hook,
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "hookInstance": str(uuid.uuid4()),  # unique per invocation, as the spec requires
         "context": context(hook),
     }
     if prefetch is not None:
