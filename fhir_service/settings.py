@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     prefetch_deadline_seconds: float = Field(default=8.0, gt=0, le=10)
     upstream_max_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
     upstream_max_pages: int = Field(default=5, gt=0)
-    evaluation_concurrency: int = Field(default=4, gt=0)
+    evaluation_concurrency: int = Field(default=2, gt=0)
 
     @field_validator("now", mode="before")
     @classmethod

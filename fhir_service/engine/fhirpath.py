@@ -50,7 +50,10 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from fhir_service.engine import fhirpath_shortcut
 from fhir_service.engine.terminology import Terminology
+
+fhirpath_shortcut.install()
 
 R4_MODEL: dict[str, Any] = models["r4"]
 VARIABLE_RE = re.compile(r"%(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))")
