@@ -163,10 +163,20 @@ async def measure(
     results: list[Result] = []
     scale = 0.2 if quick else 1.0
 
-    async def one(server: Server, case: str, path: str, body: bytes | None, conc: int) -> None:
+    async def one(
+        server: Server,
+        case: str,
+        path: str,
+        body: bytes | None,
+        conc: int,
+        *,
+        seconds: float | None = None,
+        cpu: bool = True,
+        record: bool = True,
+    ) -> Result:
         heavy = body is not None and len(body) > 400_000
         max_requests = int((80 if heavy else 300 if conc == 1 else 400) * scale) or 10
-        max_seconds = (8.0 if conc == 1 else 10.0) * scale
+        max_seconds = (seconds or (12.0 if conc == 1 else 10.0)) * scale
         warmup = 3 if heavy else 10
         headers = None
         if server.name == "service+jwt":
@@ -184,7 +194,7 @@ async def measure(
                 max_requests=max_requests,
                 max_seconds=max_seconds,
                 warmup=warmup,
-                cpu_probe=server.cpu_ms,
+                cpu_probe=server.cpu_ms if cpu else None,
             )
         s = result.summary()
         log(
@@ -194,7 +204,9 @@ async def measure(
         )
         if result.error_samples:
             log(f"    errors: {result.error_samples}")
-        results.append(result)
+        if record:
+            results.append(result)
+        return result
 
     plan: list[tuple[str, str, bytes | None]] = [("discovery", "/cds-services", None)]
     plan += [(case, f"/cds-services/{sid}", req.encode()) for case, (sid, req) in requests.items()]
@@ -207,6 +219,24 @@ async def measure(
         if case in ("discovery", "patient-view r100"):
             for name in SERVERS:
                 await one(servers[name], case, path, body, 8)
+    log("discovery while patient-view r100 runs at concurrency 4 (P6):")
+    pv100 = next(p for p in plan if p[0] == "patient-view r100")
+    server = servers["service+jwt"]
+    background, foreground = await asyncio.gather(
+        one(
+            server,
+            "patient-view r100 (background)",
+            pv100[1],
+            pv100[2],
+            4,
+            seconds=10.0,
+            cpu=False,
+            record=False,
+        ),
+        one(server, "discovery under load", "/cds-services", None, 1, seconds=10.0, cpu=False),
+    )
+    del background
+    del foreground
     return results
 
 
@@ -265,6 +295,8 @@ def verdicts(results: list[Result]) -> list[dict[str, Any]]:
     )
     disc = find(results, "discovery", "service+jwt", 1)
     add("P5 discovery p99 c=1, service+jwt", disc.p99, 5.0, "ms")
+    loaded = find(results, "discovery under load", "service+jwt", 1)
+    add("P6 discovery p99 during r100 load at c=4, service+jwt", loaded.p99, 50.0, "ms")
     errors8 = sum(r.errors for r in results if r.concurrency == 8)
     add("no error under 8 concurrent clients", float(errors8), 0.0, "errors")
     return out
@@ -287,9 +319,10 @@ def table(results: list[Result]) -> str:
     ]
     for r in results:
         case, _, server = r.name.partition(" @ ")
+        cpu = "–" if r.server_cpu_ms is None else f"{r.cpu_per_request:.2f}"
         lines.append(
             f"| {case} | {server} | {r.concurrency} | {r.count} | {r.errors} | "
-            f"{r.p50:.2f} | {r.p99:.2f} | {r.throughput:.1f} | {r.cpu_per_request:.2f} |"
+            f"{r.p50:.2f} | {r.p99:.2f} | {r.throughput:.1f} | {cpu} |"
         )
     return "\n".join(lines)
 
