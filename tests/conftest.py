@@ -47,14 +47,26 @@ def shared_knowledge(config: Settings) -> KnowledgeBase:
     return _KNOWLEDGE[folder]
 
 
+def public_resolver(_host: str) -> list[str]:
+    """DNS stand-in: every host is public (tests use no network unless they say so)."""
+    return ["93.184.216.34"]
+
+
 def make_app(
     tmp_path: Path,
     *,
     now: datetime = DEFAULT_NOW,
     transport: httpx.AsyncBaseTransport | None = None,
+    resolver: Callable[[str], list[str]] = public_resolver,
+    store: Any = None,
+    knowledge: KnowledgeBase | None = None,
     **settings: Any,
 ) -> FastAPI:
-    """An app on the real definitions with a pinned clock, counter ids and a temp database."""
+    """An app with a pinned clock, counter ids and a temp database.
+
+    The knowledge base of ``definitions_dir`` (the real ``definitions/`` by default) is loaded
+    once per test session.
+    """
     values: dict[str, Any] = {
         "auth": "off",
         "database_url": f"sqlite:///{tmp_path / 'test.db'}",
@@ -67,8 +79,9 @@ def make_app(
         clock=lambda: now,
         new_id=counter_ids(),
         transport=transport,
-        resolver=lambda _host: ["93.184.216.34"],
-        knowledge=shared_knowledge(config),
+        resolver=resolver,
+        store=store,
+        knowledge=knowledge or shared_knowledge(config),
     )
     return create_app(config, runtime)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -25,10 +24,8 @@ from fastapi import FastAPI
 
 from fhir_service.knowledge.repository import KnowledgeBase
 from fhir_service.knowledge.services import build_services
-from fhir_service.main import create_app
-from fhir_service.runtime import build_runtime, load_knowledge
 from fhir_service.settings import Settings
-from tests.conftest import DEFAULT_NOW
+from tests.conftest import DEFAULT_NOW, make_app, shared_knowledge
 
 EHR = "http://ehr.test/fhir"
 RULE_SYSTEM = "http://example.org/fhir/muscle-spasm/CodeSystem/rule"
@@ -42,10 +39,9 @@ PV = "/cds-services/muscle-spasm-patient-view"
 JSON = {"Content-Type": "application/json"}
 
 
-@functools.cache
 def knowledge() -> KnowledgeBase:
-    """The real knowledge base, loaded once (it is read-only once built)."""
-    return load_knowledge(Settings())
+    """The real knowledge base, loaded once per session (it is read-only once built)."""
+    return shared_knowledge(Settings())
 
 
 @functools.cache
@@ -85,24 +81,8 @@ def cds_app(
     transport: httpx.AsyncBaseTransport | None = None,
     **settings: Any,
 ) -> FastAPI:
-    """``tests.conftest.make_app`` with the knowledge base loaded once per session."""
-    values: dict[str, Any] = {
-        "auth": "off",
-        "database_url": f"sqlite:///{tmp_path / 'test.db'}",
-        "fhir_server_allowlist": ("http://ehr.test",),
-    }
-    values.update(settings)
-    config = Settings(**values)
-    counter = itertools.count(1)
-    runtime = build_runtime(
-        config,
-        clock=lambda: now,
-        new_id=lambda: f"id-{next(counter)}",
-        transport=transport,
-        resolver=lambda _host: ["93.184.216.34"],
-        knowledge=knowledge(),
-    )
-    return create_app(config, runtime)
+    """``tests.conftest.make_app`` (knowledge loaded once per session)."""
+    return make_app(tmp_path, now=now, transport=transport, **settings)
 
 
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
