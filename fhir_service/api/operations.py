@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
@@ -187,15 +188,26 @@ def _apply_plan(runtime: Runtime, plan: Artifact, inputs: ApplyInputs) -> dict[s
     )
 
 
+async def _run_apply(
+    request: Request,
+    runtime: Runtime,
+    rid: str | None,
+    resource_type: str,
+    apply: Callable[[Runtime, Artifact, ApplyInputs], dict[str, Any]],
+) -> FhirResponse:
+    """Parse the inputs, find the definition, apply it in a worker thread, answer FHIR JSON."""
+    inputs = await _inputs(request, runtime)
+    definition = _plan(runtime, rid, inputs, resource_type)
+    out = await anyio.to_thread.run_sync(
+        apply, runtime, definition, inputs, limiter=runtime.limiter
+    )
+    return FhirResponse(out)
+
+
 @router.api_route("/PlanDefinition/$apply", methods=["GET", "POST"], response_class=FhirResponse)
 async def plan_apply_by_url(request: Request, runtime: RuntimeDep) -> FhirResponse:
     """Type-level ``$apply`` by canonical ``url`` (and optional ``version``)."""
-    inputs = await _inputs(request, runtime)
-    plan = _plan(runtime, None, inputs, "PlanDefinition")
-    out = await anyio.to_thread.run_sync(
-        _apply_plan, runtime, plan, inputs, limiter=runtime.limiter
-    )
-    return FhirResponse(out)
+    return await _run_apply(request, runtime, None, "PlanDefinition", _apply_plan)
 
 
 @router.api_route(
@@ -203,12 +215,7 @@ async def plan_apply_by_url(request: Request, runtime: RuntimeDep) -> FhirRespon
 )
 async def plan_apply(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
     """Instance-level ``$apply``: an R4 CarePlan with a contained RequestGroup."""
-    inputs = await _inputs(request, runtime)
-    plan = _plan(runtime, rid, inputs, "PlanDefinition")
-    out = await anyio.to_thread.run_sync(
-        _apply_plan, runtime, plan, inputs, limiter=runtime.limiter
-    )
-    return FhirResponse(out)
+    return await _run_apply(request, runtime, rid, "PlanDefinition", _apply_plan)
 
 
 def _apply_activity(runtime: Runtime, ad: Artifact, inputs: ApplyInputs) -> dict[str, Any]:
@@ -240,12 +247,7 @@ def _apply_activity(runtime: Runtime, ad: Artifact, inputs: ApplyInputs) -> dict
 )
 async def activity_apply(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
     """``ActivityDefinition/$apply``: the request resource (``draft``/``proposal``)."""
-    inputs = await _inputs(request, runtime)
-    ad = _plan(runtime, rid, inputs, "ActivityDefinition")
-    out = await anyio.to_thread.run_sync(
-        _apply_activity, runtime, ad, inputs, limiter=runtime.limiter
-    )
-    return FhirResponse(out)
+    return await _run_apply(request, runtime, rid, "ActivityDefinition", _apply_activity)
 
 
 def package(runtime: Runtime, root: Artifact) -> dict[str, Any]:
