@@ -403,6 +403,70 @@ def test_fixed_malformed_bodies(client: TestClient, path: str) -> None:
     send(client, path, b"{}", "")
 
 
+ODD_ENTRIES: list[Any] = [
+    True,
+    1,
+    "entry",
+    {},
+    [1],
+    [None],
+    [{"resource": 1}],
+    [{"resource": {"resourceType": 1}}],
+    [{"resource": {"resourceType": "Bundle", "entry": True}}],
+    [{"resource": {"resourceType": "Bundle", "entry": [{"resource": "x"}]}}],
+]
+
+
+def _odd_bundles(kind: str) -> list[dict[str, Any]]:
+    return [{"resourceType": "Bundle", "type": kind, "entry": entry} for entry in ODD_ENTRIES]
+
+
+@pytest.mark.parametrize("service_id", sorted(SERVICES))
+def test_bundles_with_wrong_typed_entries_in_hook_calls(
+    client: TestClient, prefetch_keys: dict[str, list[str]], service_id: str
+) -> None:
+    """Every advertised key sent (null), then one Bundle at a time with an odd ``entry``:
+    in a prefetch searchset and, for order hooks, as ``draftOrders``."""
+    hook = SERVICES[service_id]
+    context: dict[str, Any] = {"userId": "Practitioner/u1", "patientId": "p1"}
+    if hook == "encounter-start":
+        context["encounterId"] = "e1"
+    if hook == "order-select":
+        context["selections"] = ["MedicationRequest/d1"]
+    keys = prefetch_keys[service_id]
+    searches = [k for k in keys if k not in ("patient", "encounter")]
+    for bundle in _odd_bundles("searchset"):
+        draft_orders = bundle | {"type": "collection"}
+        bodies = []
+        if hook in ("order-sign", "order-select"):
+            bodies.append({**context, "draftOrders": draft_orders})
+        elif searches:
+            bodies.append(context)
+        for ctx in bodies:
+            prefetch: dict[str, Any] = dict.fromkeys(keys)
+            if searches and "draftOrders" not in ctx:
+                prefetch[searches[0]] = bundle
+            body = {"hook": hook, "hookInstance": "odd-entry", "context": ctx, "prefetch": prefetch}
+            send(client, f"/cds-services/{service_id}", dumps(body))
+
+
+@pytest.mark.parametrize(
+    "path", ["/fhir/PlanDefinition/rf-01/$apply", "/fhir/Questionnaire/$populate"]
+)
+def test_bundles_with_wrong_typed_entries_in_operation_data(client: TestClient, path: str) -> None:
+    subject = (
+        {"name": "subject", "valueString": "Patient/p1"}
+        if "$apply" in path
+        else {"name": "subject", "valueReference": {"reference": "Patient/p1"}}
+    )
+    for bundle in _odd_bundles("collection"):
+        parameters = [subject, {"name": "data", "resource": bundle}]
+        if "$populate" in path:
+            parameters.append({"name": "questionnaire", "valueCanonical": QUESTIONNAIRE})
+        body = {"resourceType": "Parameters", "parameter": parameters}
+        send(client, path, dumps(body), "application/fhir+json")
+
+
 @pytest.mark.parametrize("path", BODY_ENDPOINTS)
 @fuzz_settings(30)
 @hypothesis.seed(SEED)

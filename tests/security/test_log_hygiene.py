@@ -114,6 +114,7 @@ def capture(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Capture, io.Stri
     stream_handler.setFormatter(JsonFormatter())
     stream_handler.addFilter(service_record)
     root = logging.getLogger()
+    level = root.level
     root.addHandler(handler)
     root.addHandler(stream_handler)
     caplog.set_level(logging.DEBUG)
@@ -122,6 +123,7 @@ def capture(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Capture, io.Stri
     finally:
         root.removeHandler(handler)
         root.removeHandler(stream_handler)
+        root.setLevel(level)
 
 
 @pytest.fixture
@@ -374,3 +376,44 @@ def test_no_jwt_or_token_in_logs_with_jwt_auth(
         )
     parts = [p for token in minted for p in token.split(".")]
     assert_clean(capture, caplog, minted + [p for p in parts if len(p) > 20])
+
+
+def test_rule_errors_on_client_data_do_not_echo_it_into_logs(
+    tmp_path: Path, capture: tuple[Capture, io.StringIO], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FHIRPath error raised while evaluating malformed client data (here a
+    QuestionnaireResponse whose ``questionnaire`` is an object holding the patient's name and
+    MRN) is logged by rule and reason, never with the offending value."""
+    app = build_app(tmp_path, log_level="DEBUG")
+    logging.getLogger().setLevel(logging.DEBUG)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for service_id in ("muscle-spasm-patient-view", "muscle-spasm-order-sign"):
+            prefetch = dict.fromkeys(full_prefetch(client, service_id))
+            odd_qr = {
+                "resourceType": "QuestionnaireResponse",
+                "id": "qr1",
+                "status": "completed",
+                "authored": "2026-11-30",
+                "subject": {"reference": "Patient/p1"},
+                "questionnaire": {"display": f"{GIVEN} {FAMILY}, {MRN}, born {BIRTH_DATE}"},
+            }
+            prefetch["assessments"] = searchset(odd_qr)
+            prefetch["conditions"] = searchset(dict(CONDITION, onsetDateTime={"text": SSN}))
+            context: dict[str, Any] = {"userId": "Practitioner/u1", "patientId": "p1"}
+            if service_id.endswith("order-sign"):
+                context["draftOrders"] = {
+                    "resourceType": "Bundle",
+                    "type": "collection",
+                    "entry": [],
+                }
+            response = client.post(
+                f"/cds-services/{service_id}",
+                json={
+                    "hook": service_id.removeprefix("muscle-spasm-"),
+                    "hookInstance": "7c0d6a43-hygiene-0003",
+                    "context": context,
+                    "prefetch": prefetch,
+                },
+            )
+            assert response.status_code in (200, 400), response.text
+    assert_clean(capture, caplog, [])
