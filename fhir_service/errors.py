@@ -61,8 +61,10 @@ class IssueLog:
 
     issues: list[Issue] = field(default_factory=list)
 
-    def error(self, diagnostics: str, *expression: str) -> None:
-        self.issues.append(Issue("error", "processing", diagnostics, tuple(expression)))
+    def error(self, diagnostics: str, *expression: str, details: str | None = None) -> None:
+        """Record an error; ``details`` may quote the caller's data, so it is returned to that
+        caller (``$apply``) but never logged — log ``diagnostics`` only."""
+        self.issues.append(Issue("error", "processing", diagnostics, tuple(expression), details))
 
     def warning(self, diagnostics: str, *expression: str) -> None:
         self.issues.append(Issue("warning", "processing", diagnostics, tuple(expression)))

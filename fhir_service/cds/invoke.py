@@ -28,7 +28,13 @@ import anyio.to_thread
 
 from fhir_service.cds.cards import CardContext, build_cards, sort_cards
 from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
-from fhir_service.engine.data import DataSet, build_data_set, flatten, reference_of
+from fhir_service.engine.data import (
+    DataSet,
+    build_data_set,
+    bundle_problem,
+    flatten,
+    reference_of,
+)
 from fhir_service.engine.evaluation import CallInput
 from fhir_service.engine.fhirpath import session
 from fhir_service.errors import InvalidRequest, IssueLog, PayloadTooLarge
@@ -82,26 +88,13 @@ def _check_prefetch_values(prefetch: Mapping[str, Any], service: CdsService) -> 
         value = prefetch.get(template.key)
         if value is None:
             continue
-        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-            raise InvalidRequest(
-                f"prefetch.{template.key} must be a FHIR resource (JSON object) or null",
-                expression=[f"prefetch.{template.key}"],
-            )
+        problem = bundle_problem(value, f"prefetch.{template.key}")
+        if problem:
+            raise InvalidRequest(f"{problem} (or null)", expression=[f"prefetch.{template.key}"])
 
 
-def parse_hook_call(body: Any, service: CdsService) -> HookCall:
-    """Validate the envelope leniently (unknown members ignored); raise 400 on what is required."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    hook = _require_string(body, "hook")
-    hook_instance = _require_string(body, "hookInstance")
-    context = body.get("context")
-    if not isinstance(context, dict):
-        raise InvalidRequest("'context' is required and must be an object", expression=["context"])
-    if hook != service.hook:
-        raise InvalidRequest(
-            f"service {service.id} answers hook {service.hook!r}, not {hook!r}", expression=["hook"]
-        )
+def _checked_context(context: dict[str, Any], hook: str) -> dict[str, Any]:
+    """The hook's required context fields are there and well-typed; ``Patient/`` is stripped."""
     for field in REQUIRED_CONTEXT.get(hook, ()):
         if context.get(field) in (None, "", [], {}):
             raise InvalidRequest(
@@ -118,11 +111,27 @@ def parse_hook_call(body: Any, service: CdsService) -> HookCall:
         raise InvalidRequest(
             "context.selections must be an array", expression=["context.selections"]
         )
-    if "draftOrders" in context and not isinstance(context["draftOrders"], dict):
+    if "draftOrders" in context:
+        problem = bundle_problem(context["draftOrders"], "context.draftOrders")
+        if problem:
+            raise InvalidRequest(problem, expression=["context.draftOrders"])
+    return context
+
+
+def parse_hook_call(body: Any, service: CdsService) -> HookCall:
+    """Validate the envelope leniently (unknown members ignored); raise 400 on what is required."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    hook = _require_string(body, "hook")
+    hook_instance = _require_string(body, "hookInstance")
+    context = body.get("context")
+    if not isinstance(context, dict):
+        raise InvalidRequest("'context' is required and must be an object", expression=["context"])
+    if hook != service.hook:
         raise InvalidRequest(
-            "context.draftOrders must be a Bundle (JSON object)",
-            expression=["context.draftOrders"],
+            f"service {service.id} answers hook {service.hook!r}, not {hook!r}", expression=["hook"]
         )
+    context = _checked_context(context, hook)
     fhir_server = body.get("fhirServer")
     if fhir_server is not None and not isinstance(fhir_server, str):
         raise InvalidRequest("'fhirServer' must be a URL string", expression=["fhirServer"])

@@ -34,11 +34,36 @@ def flatten(value: Any) -> Iterable[dict[str, Any]]:
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
         return
     if value["resourceType"] == "Bundle":
-        for entry in value.get("entry") or ():
+        entries = value.get("entry")
+        for entry in entries if isinstance(entries, list) else ():
             if isinstance(entry, dict):
                 yield from flatten(entry.get("resource"))
         return
     yield value
+
+
+def bundle_problem(value: Any, path: str) -> str | None:
+    """Why ``value`` is not usable as a resource or Bundle of resources (None when it is).
+
+    Checked before indexing so that malformed client data is a 400 naming where it is, rather
+    than data silently dropped (``flatten`` skips what it cannot read).
+    """
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return f"{path} must be a FHIR resource (a JSON object with a resourceType)"
+    if value["resourceType"] != "Bundle" or "entry" not in value:
+        return None
+    entries = value["entry"]
+    if not isinstance(entries, list):
+        return f"{path}.entry must be an array"
+    for index, entry in enumerate(entries):
+        where = f"{path}.entry[{index}]"
+        if not isinstance(entry, dict):
+            return f"{where} must be an object"
+        if "resource" in entry:
+            problem = bundle_problem(entry["resource"], f"{where}.resource")
+            if problem:
+                return problem
+    return None
 
 
 def reference_of(resource: Mapping[str, Any]) -> str | None:

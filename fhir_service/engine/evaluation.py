@@ -173,5 +173,7 @@ class Scope:
             run = expression.evaluate_typed if typed else expression.evaluate
             return run(self.patient or {}, self.env(expression))
         except Exception as exc:  # fhirpathpy raises assorted types; never fail the call
-            self.issues.error(f"expression failed: {type(exc).__name__}: {exc}", source)
+            self.issues.error(
+                f"expression failed: {type(exc).__name__}", source, details=str(exc)[:500]
+            )
             return []
