@@ -37,3 +37,6 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
     # uvicorn's access log prints query strings (which may hold patient ids): ours omits them.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every outbound URL at INFO, e.g. Condition?patient=<id>: keep it to warnings.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
     max_resources: int = Field(default=5000, gt=0)
     max_json_depth: int = Field(default=64, gt=0)
-    prefetch_deadline_seconds: float = Field(default=8.0, gt=0, le=10)
+    prefetch_deadline_seconds: float = Field(default=4.0, gt=0, le=10)
     upstream_max_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
     upstream_max_pages: int = Field(default=5, gt=0)
     evaluation_concurrency: int = Field(default=2, gt=0)

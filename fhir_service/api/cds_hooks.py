@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from fhir_service.api.body import read_json
@@ -62,8 +63,9 @@ async def call_service(service_id: str, request: Request, runtime: RuntimeDep) -
         request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
     )
     cards = await invoke(runtime, service, body, started=started)
-    await _remember(runtime, service, body, cards)
-    return JsonResponse({"cards": cards})
+    # Recorded after the answer is sent: a slow or locked store never delays the cards.
+    remember = BackgroundTask(_remember, runtime, service, body, cards)
+    return JsonResponse({"cards": cards}, background=remember)
 
 
 async def _remember(

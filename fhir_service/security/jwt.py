@@ -381,7 +381,9 @@ class JwtVerifier:
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti or len(jti) > _MAX_JTI_CHARS:
             raise Unauthorized("jti is not a usable string")
-        if self._replay.seen(iss, jti, math.ceil(exp)):
+        # The replay store may be a database: never block the event loop on it.
+        seen = await anyio.to_thread.run_sync(self._replay.seen, iss, jti, math.ceil(exp))
+        if seen:
             raise Unauthorized(f"jti replayed (iss {iss!r}, jti {jti[:64]!r})")
         return claims
 
