@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -41,6 +42,28 @@ def _error_response(
 ) -> Response:
     cls = JsonResponse if request.url.path.startswith("/cds-services") else FhirResponse
     return cls(body, status_code=status, headers=headers)
+
+
+#: Every route may answer these, always with an OperationOutcome body (errors.py).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": f"{text} (OperationOutcome)"}
+    for status, text in (
+        (400, "Invalid request"),
+        (401, "Missing or invalid client JWT"),
+        (404, "Unknown resource, service or path"),
+        (412, "Prefetch data could not be obtained"),
+        (413, "Request too large"),
+        (415, "Unsupported media type"),
+        (500, "Internal error with a correlation id"),
+        (503, "Store unavailable"),
+    )
+}
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Unique per path *and* method (a GET+POST route would otherwise repeat its id)."""
+    methods = "_".join(sorted(m.lower() for m in route.methods or ()))
+    return f"{route.name}_{methods}"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -104,6 +127,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         title="Muscle spasm FHIR guideline service",
         version=__version__,
         lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+        responses=ERROR_RESPONSES,
         docs_url="/docs",
         redoc_url=None,
     )

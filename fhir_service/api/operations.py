@@ -204,15 +204,15 @@ async def _run_apply(
     return FhirResponse(out)
 
 
-@router.api_route("/PlanDefinition/$apply", methods=["GET", "POST"], response_class=FhirResponse)
+@router.get("/PlanDefinition/$apply", response_class=FhirResponse)
+@router.post("/PlanDefinition/$apply", response_class=FhirResponse)
 async def plan_apply_by_url(request: Request, runtime: RuntimeDep) -> FhirResponse:
     """Type-level ``$apply`` by canonical ``url`` (and optional ``version``)."""
     return await _run_apply(request, runtime, None, "PlanDefinition", _apply_plan)
 
 
-@router.api_route(
-    "/PlanDefinition/{rid}/$apply", methods=["GET", "POST"], response_class=FhirResponse
-)
+@router.get("/PlanDefinition/{rid}/$apply", response_class=FhirResponse)
+@router.post("/PlanDefinition/{rid}/$apply", response_class=FhirResponse)
 async def plan_apply(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
     """Instance-level ``$apply``: an R4 CarePlan with a contained RequestGroup."""
     return await _run_apply(request, runtime, rid, "PlanDefinition", _apply_plan)
@@ -242,9 +242,8 @@ def _apply_activity(runtime: Runtime, ad: Artifact, inputs: ApplyInputs) -> dict
     return resource
 
 
-@router.api_route(
-    "/ActivityDefinition/{rid}/$apply", methods=["GET", "POST"], response_class=FhirResponse
-)
+@router.get("/ActivityDefinition/{rid}/$apply", response_class=FhirResponse)
+@router.post("/ActivityDefinition/{rid}/$apply", response_class=FhirResponse)
 async def activity_apply(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
     """``ActivityDefinition/$apply``: the request resource (``draft``/``proposal``)."""
     return await _run_apply(request, runtime, rid, "ActivityDefinition", _apply_activity)
@@ -283,9 +282,8 @@ def package(runtime: Runtime, root: Artifact) -> dict[str, Any]:
     }
 
 
-@router.api_route(
-    "/PlanDefinition/{rid}/$package", methods=["GET", "POST"], response_class=FhirResponse
-)
+@router.get("/PlanDefinition/{rid}/$package", response_class=FhirResponse)
+@router.post("/PlanDefinition/{rid}/$package", response_class=FhirResponse)
 async def plan_package(rid: str, runtime: RuntimeDep) -> FhirResponse:
     """CRMI ``$package``: a transaction Bundle loadable into another FHIR server."""
     artifact = runtime.knowledge.read("PlanDefinition", rid)

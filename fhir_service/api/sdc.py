@@ -219,17 +219,15 @@ async def _populate(request: Request, runtime: Runtime, rid: str | None) -> Fhir
     return FhirResponse(out)
 
 
-@router.api_route(
-    "/fhir/Questionnaire/$populate", methods=["GET", "POST"], response_class=FhirResponse
-)
+@router.get("/fhir/Questionnaire/$populate", response_class=FhirResponse)
+@router.post("/fhir/Questionnaire/$populate", response_class=FhirResponse)
 async def populate_by_canonical(request: Request, runtime: RuntimeDep) -> FhirResponse:
     """Type-level SDC ``$populate`` → Parameters {response, issues?}."""
     return await _populate(request, runtime, None)
 
 
-@router.api_route(
-    "/fhir/Questionnaire/{rid}/$populate", methods=["GET", "POST"], response_class=FhirResponse
-)
+@router.get("/fhir/Questionnaire/{rid}/$populate", response_class=FhirResponse)
+@router.post("/fhir/Questionnaire/{rid}/$populate", response_class=FhirResponse)
 async def populate_instance(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
     """Instance-level SDC ``$populate`` → Parameters {response, issues?}."""
     return await _populate(request, runtime, rid)
