@@ -50,9 +50,10 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from fhir_service.engine import fhirpath_shortcut
+from fhir_service.engine import fhirpath_fast, fhirpath_shortcut
 from fhir_service.engine.terminology import Terminology
 
+fhirpath_fast.install()
 fhirpath_shortcut.install()
 
 R4_MODEL: dict[str, Any] = models["r4"]

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fhirpathpy.engine import infix_invoke, make_param, util
+import fhirpathpy.engine as engine
+from fhirpathpy.engine import util
 from fhirpathpy.engine.evaluators import evaluators
 from fhirpathpy.engine.invocations import logic
 
@@ -36,13 +37,13 @@ _BOOLEAN = ["Boolean"]
 def _short_circuit(ctx: Any, parent_data: Any, node: Any) -> list[Any]:
     op = node["terminalNodeText"][0]
     if op not in _DECIDED:  # ``xor`` shares the OrExpression node and needs both sides
-        return list(infix_invoke(ctx, op, parent_data, node["children"]))
+        return list(engine.infix_invoke(ctx, op, parent_data, node["children"]))
     operator, deciding, result = _DECIDED[op]
     left_node, right_node = node["children"]
-    left = make_param(ctx, parent_data, _BOOLEAN, left_node)
+    left = engine.make_param(ctx, parent_data, _BOOLEAN, left_node)
     if left is deciding:
         return [result]
-    right = make_param(ctx, parent_data, _BOOLEAN, right_node)
+    right = engine.make_param(ctx, parent_data, _BOOLEAN, right_node)
     return list(util.arraify(operator(ctx, left, right)))
 
 
