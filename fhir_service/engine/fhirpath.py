@@ -50,15 +50,20 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from fhir_service.engine import fhirpath_fast, fhirpath_shortcut
+from fhir_service.engine import fhirpath_fast, fhirpath_fast_predicate, fhirpath_shortcut
 from fhir_service.engine.terminology import Terminology
 
 fhirpath_fast.install()
+fhirpath_fast_predicate.install()
 fhirpath_shortcut.install()
 
 R4_MODEL: dict[str, Any] = models["r4"]
 VARIABLE_RE = re.compile(r"%(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))")
 BUILTIN_VARIABLES = frozenset({"context", "ucum", "resource", "rootResource", "sct", "loinc"})
+
+#: Functions of the table below that ``fhirpath_fast_predicate`` may call directly (they take
+#: string literals and answer a boolean).
+FAST_PREDICATE_FUNCTIONS = frozenset({"memberOf"})
 
 Resolver = Callable[[str], "dict[str, Any] | None"]
 
@@ -275,8 +280,12 @@ def _function_calls(node: Any) -> Iterator[tuple[str, int]]:
 class FhirPathCompiler:
     """Compiles expressions with the service's extension functions bound to a Terminology."""
 
-    def __init__(self, terminology: Terminology | None = None) -> None:
+    def __init__(
+        self, terminology: Terminology | None = None, *, fast_predicates: bool = True
+    ) -> None:
         self.terminology = terminology or Terminology()
+        #: evaluate common boolean sub-expressions in Python (``fhirpath_fast_predicate``)
+        self.fast_predicates = fast_predicates
         self._table = {
             "memberOf": {"fn": self._member_of, "arity": {1: ["String"]}},
             "ingredients": {"fn": self._ingredients, "arity": {1: ["String"]}},
@@ -308,6 +317,8 @@ class FhirPathCompiler:
             if isinstance(arity, Mapping) and count not in arity:
                 allowed = " or ".join(str(n) for n in sorted(arity))
                 raise ValueError(f"{name}() takes {allowed} argument(s), not {count}")
+        if self.fast_predicates:
+            ast = fhirpath_fast_predicate.optimize(ast, R4_MODEL, FAST_PREDICATE_FUNCTIONS)
         options = {"userInvocationTable": self._table}
         fn = set_paths(
             fhirpathpy.apply_parsed_path, parsedPath=ast, model=R4_MODEL, options=options
