@@ -286,17 +286,19 @@ class FhirPathCompiler:
         self.terminology = terminology or Terminology()
         #: evaluate common boolean sub-expressions in Python (``fhirpath_fast_predicate``)
         self.fast_predicates = fast_predicates
-        self._table = {
-            "memberOf": {"fn": self._member_of, "arity": {1: ["String"]}},
-            "ingredients": {"fn": self._ingredients, "arity": {1: ["String"]}},
-            "resolve": {"fn": self._resolve, "arity": {0: []}},
-            "duration": {"fn": self._duration, "arity": {2: ["Any", "String"]}},
-            "now": {"fn": self._now, "arity": {0: []}},
-            "today": {"fn": self._today, "arity": {0: []}},
-            "clinicalDate": {"fn": self._clinical_date, "arity": {0: []}},
-            "latest": {"fn": self._latest, "arity": {0: []}},
-            "single": {"fn": self._single, "arity": {0: []}},
-        }
+        self._table = fhirpath_fast.InvocationTable(
+            {
+                "memberOf": {"fn": self._member_of, "arity": {1: ["String"]}},
+                "ingredients": {"fn": self._ingredients, "arity": {1: ["String"]}},
+                "resolve": {"fn": self._resolve, "arity": {0: []}},
+                "duration": {"fn": self._duration, "arity": {2: ["Any", "String"]}},
+                "now": {"fn": self._now, "arity": {0: []}},
+                "today": {"fn": self._today, "arity": {0: []}},
+                "clinicalDate": {"fn": self._clinical_date, "arity": {0: []}},
+                "latest": {"fn": self._latest, "arity": {0: []}},
+                "single": {"fn": self._single, "arity": {0: []}},
+            }
+        )
         self._functions: dict[str, Mapping[str, Any]] = {**base_invocation_registry, **self._table}
         self._cache: dict[str, CompiledExpression] = {}
 

@@ -4,8 +4,9 @@ fhirpathpy's tree-walking interpreter repeats work on every evaluation that depe
 the parsed expression. This module replaces a few of its functions with equivalents that do
 that work once:
 
-* ``doInvoke`` and ``infix_invoke`` merged ``{**base_invocation_registry, **user table}`` on
-  every function call and operator; the merged table is now cached per user table;
+* ``apply_parsed_path`` wrapped the user function table on every evaluation, and ``doInvoke``
+  and ``infix_invoke`` merged ``{**base_invocation_registry, **user table}`` on every function
+  call and operator; both are now done once per ``InvocationTable`` (the compiler's);
 * string literals and identifiers were unescaped with ``re.sub`` on every evaluation; the
   unescaped text is now cached per node text (a fresh one-item list is returned each time,
   as before, since callers may modify it);
@@ -33,18 +34,28 @@ from fhirpathpy.engine import base_invocation_registry, util
 from fhirpathpy.engine.evaluators import evaluators
 from fhirpathpy.engine.invocations import filtering
 
-_MERGED: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+class ProcessedTable(dict[str, Any]):
+    """fhirpathpy's wrapping of an ``InvocationTable``, with its merge with fhirpathpy's own
+    registry kept on it."""
+
+    merged: dict[str, Any] | None = None
+
+
+class InvocationTable(dict[str, Any]):
+    """A user function table whose fhirpathpy wrapping is computed once, at first use (so
+    do not change its entries after an expression using it has been evaluated)."""
+
+    processed: ProcessedTable | None = None
 
 
 def _registry(user_table: Any) -> dict[str, Any]:
-    """``{**base_invocation_registry, **user_table}``, computed once per user table."""
-    key = id(user_table)
-    entry = _MERGED.get(key)
-    if entry is not None and entry[0] is user_table:
-        return entry[1]
-    merged = {**base_invocation_registry, **(user_table or {})}
-    _MERGED[key] = (user_table, merged)
-    return merged
+    """``{**base_invocation_registry, **user_table}``, once per ``ProcessedTable``."""
+    if isinstance(user_table, ProcessedTable):
+        if user_table.merged is None:
+            user_table.merged = {**base_invocation_registry, **user_table}
+        return user_table.merged
+    return {**base_invocation_registry, **(user_table or {})}
 
 
 def do_eval(ctx: Any, parent_data: Any, node: Any) -> Any:
@@ -185,20 +196,17 @@ def where_macro(ctx: Any, data: Any, expr: Any) -> list[Any]:
     return cast(list[Any], util.flatten(result))
 
 
-_PROCESSED: dict[int, tuple[Any, dict[str, Any]]] = {}
 _original_process = util.process_user_invocation_table
 
 
 def process_user_invocation_table(table: Any) -> dict[str, Any]:
-    """fhirpathpy's wrapping of a user function table, done once per table (not per call),
-    so that ``_registry`` finds the merged table by identity."""
-    key = id(table)
-    entry = _PROCESSED.get(key)
-    if entry is not None and entry[0] is table:
-        return entry[1]
-    processed = cast(dict[str, Any], _original_process(table))
-    _PROCESSED[key] = (table, processed)
-    return processed
+    """fhirpathpy's wrapping of a user function table, done once per ``InvocationTable``
+    (fhirpathpy does it on every evaluation)."""
+    if isinstance(table, InvocationTable):
+        if table.processed is None:
+            table.processed = ProcessedTable(_original_process(table))
+        return table.processed
+    return cast(dict[str, Any], _original_process(table))
 
 
 def _state() -> dict[str, Any]:
@@ -223,7 +231,6 @@ def _restore(state: dict[str, Any]) -> None:
     engine.infix_invoke = state["infix_invoke"]
     evaluators["StringLiteral"] = state["StringLiteral"]
     evaluators["Identifier"] = state["Identifier"]
-    _MERGED.clear()
 
 
 #: fhirpathpy's own functions, as imported (for the differential tests).
