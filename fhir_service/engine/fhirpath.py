@@ -64,6 +64,8 @@ BUILTIN_VARIABLES = frozenset({"context", "ucum", "resource", "rootResource", "s
 #: Functions of the table below that ``fhirpath_fast_predicate`` may call directly (they take
 #: string literals and answer a boolean).
 FAST_PREDICATE_FUNCTIONS = frozenset({"memberOf"})
+#: fhirpathpy functions the fast predicates reimplement (never overridden by the table below)
+FAST_PATH_BUILTINS = frozenset({"where", "exists", "empty"})
 
 Resolver = Callable[[str], "dict[str, Any] | None"]
 
@@ -319,7 +321,7 @@ class FhirPathCompiler:
             if isinstance(arity, Mapping) and count not in arity:
                 allowed = " or ".join(str(n) for n in sorted(arity))
                 raise ValueError(f"{name}() takes {allowed} argument(s), not {count}")
-        if self.fast_predicates:
+        if self.fast_predicates and not FAST_PATH_BUILTINS & self._table.keys():
             ast = fhirpath_fast_predicate.optimize(ast, R4_MODEL, FAST_PREDICATE_FUNCTIONS)
         options = {"userInvocationTable": self._table}
         fn = set_paths(
