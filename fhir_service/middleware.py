@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,15 +23,8 @@ ALLOW_HEADERS = "authorization, content-type, accept, prefer"
 EXPOSE_HEADERS = "Location, Content-Location, X-Correlation-Id"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or ():
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-class CorsMiddleware:
-    """``Access-Control-Allow-Origin`` on every response; preflights answered without auth."""
+class _HttpMiddleware:
+    """Passes non-HTTP traffic (lifespan) through; subclasses handle HTTP requests."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -41,6 +33,40 @@ class CorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class _StatusRecorder:
+    """Wraps ``send`` and remembers the response status once the response has started."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+
+    @property
+    def started(self) -> bool:
+        return self.status != 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self._send(message)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class CorsMiddleware(_HttpMiddleware):
+    """``Access-Control-Allow-Origin`` on every response; preflights answered without auth."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         origin = _header(scope, b"origin")
         allow_origin = origin or "*"
         if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
@@ -69,33 +95,20 @@ class CorsMiddleware:
         await self.app(scope, receive, send_with_cors)
 
 
-class CatchAllMiddleware:
+class CatchAllMiddleware(_HttpMiddleware):
     """Unhandled error → 500 OperationOutcome naming a correlation id; logs the type only."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        recorder = _StatusRecorder(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, recorder)
         except Exception as exc:
             correlation = str(uuid.uuid4())
             log.error(
                 "unhandled error",
                 extra={"correlationId": correlation, "error": type(exc).__name__},
             )
-            if started:
+            if recorder.started:
                 raise
             body = orjson.dumps(
                 operation_outcome(
@@ -122,33 +135,21 @@ class CatchAllMiddleware:
             await send({"type": "http.response.body", "body": body})
 
 
-class AccessLogMiddleware:
+class AccessLogMiddleware(_HttpMiddleware):
     """One log line per request: method, path (no query string), status, milliseconds."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        status: dict[str, Any] = {"code": 0}
-
-        async def tracking_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
+        recorder = _StatusRecorder(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, recorder)
         finally:
             log.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
-                    "status": status["code"],
+                    "status": recorder.status,
                     "ms": round((time.perf_counter() - start) * 1000, 2),
                 },
             )
