@@ -39,7 +39,7 @@ from fhir_service.api.responses import FhirResponse
 from fhir_service.deps import RuntimeDep
 from fhir_service.engine.data import flatten
 from fhir_service.engine.questionnaire_extract import extract_with_issues
-from fhir_service.engine.questionnaire_populate import compile_questionnaire, populate
+from fhir_service.engine.questionnaire_populate import populate
 from fhir_service.engine.questionnaire_response import (
     parse_response,
     require_questionnaire,
@@ -47,7 +47,6 @@ from fhir_service.engine.questionnaire_response import (
 )
 from fhir_service.errors import (
     BusinessRuleError,
-    FhirError,
     InvalidRequest,
     Issue,
     NotFound,
@@ -196,10 +195,7 @@ def _questionnaire(runtime: Runtime, rid: str | None, inputs: PopulateInputs) ->
 
 
 def _run_populate(runtime: Runtime, artifact: Artifact, inputs: PopulateInputs) -> dict[str, Any]:
-    try:
-        compiled = compile_questionnaire(artifact.resource, runtime.knowledge.compiler)
-    except ValueError as exc:  # a knowledge error: the loader should have refused it
-        raise FhirError(f"Questionnaire/{artifact.id} cannot be populated: {exc}") from None
+    compiled = runtime.knowledge.questionnaires[artifact.id]  # compiled once, at load
     assert inputs.subject is not None
     response, issues = populate(
         artifact.resource, compiled, inputs.subject, inputs.resources, runtime.now()

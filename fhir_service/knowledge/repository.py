@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_service.engine.fhirpath import FhirPathCompiler
+from fhir_service.engine.questionnaire_populate import CompiledQuestionnaire, compile_questionnaire
 from fhir_service.engine.terminology import Terminology
 from fhir_service.knowledge.loader import KNOWLEDGE_TYPES, Artifact
 
@@ -30,12 +31,16 @@ class KnowledgeBase:
     compiler: FhirPathCompiler
     _by_id: dict[tuple[str, str], Artifact] = field(default_factory=dict)
     _by_url: dict[str, list[Artifact]] = field(default_factory=dict)
+    #: each Questionnaire's SDC population expressions, compiled once (by Questionnaire id)
+    questionnaires: dict[str, CompiledQuestionnaire] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for art in self.artifacts:
             self._by_id[(art.resource_type, art.id)] = art
             if art.url:
                 self._by_url.setdefault(art.url, []).append(art)
+            if art.resource_type == "Questionnaire":
+                self.questionnaires[art.id] = compile_questionnaire(art.resource, self.compiler)
 
     @property
     def version(self) -> str:
