@@ -8,6 +8,7 @@ that nothing R4 servers reject is ever emitted.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ __all__ = [
     "FHIR_VERSION",
     "FHIRAbstractModel",
     "ValidationError",
+    "is_resource_type",
     "model_class",
     "validate_resource",
 ]
@@ -40,6 +42,16 @@ def model_class(resource_type: str) -> type[FHIRAbstractModel]:
     if cls is None:
         raise KeyError(resource_type)
     return cast(type[FHIRAbstractModel], cls)
+
+
+@functools.cache
+def is_resource_type(name: str) -> bool:
+    """True when ``name`` is a resource type of the FHIR release this service speaks."""
+    try:
+        model_class(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _find_r4b_only(data: Any, path: str) -> list[str]:

@@ -133,14 +133,6 @@ def _launch_contexts(questionnaire: Mapping[str, Any]) -> tuple[LaunchContext, .
     return tuple(out)
 
 
-def _is_resource_type(name: str) -> bool:
-    try:
-        fhir.model_class(name)
-    except KeyError:
-        return False
-    return True
-
-
 @dataclass
 class _Compiler:
     compiler: FhirPathCompiler
@@ -154,7 +146,7 @@ class _Compiler:
         except ValueError as exc:
             raise ValueError(f"{location}: {exc}") from None
         for name in compiled.variables - scope - ENGINE_VARIABLES:
-            if not _is_resource_type(name):
+            if not fhir.is_resource_type(name):
                 raise ValueError(f"{location}: undefined variable %{name}")
             self.data_types.add(name)
         return compiled

@@ -102,14 +102,6 @@ class Artifact:
     source: str
 
 
-def _is_resource_type(name: str) -> bool:
-    try:
-        fhir.model_class(name)
-    except KeyError:
-        return False
-    return True
-
-
 def read_artifacts(directory: Path) -> tuple[list[Artifact], list[str]]:
     """Read and validate each ``*.json`` file of ``directory`` (checks 1–3)."""
     artifacts: list[Artifact] = []
@@ -370,14 +362,9 @@ def _plan_names(art: Artifact, library_names: Mapping[str, str]) -> tuple[set[st
 
 def check_expressions(artifacts: list[Artifact], compiler: FhirPathCompiler) -> list[str]:
     """Check 6: expressions compile; engine logic is FHIRPath; variables are all defined."""
-    type_names: dict[str, bool] = {}
 
     def known(name: str, defined: set[str]) -> bool:
-        if name in defined or name in ENGINE_VARIABLES:
-            return True
-        if name not in type_names:
-            type_names[name] = _is_resource_type(name)
-        return type_names[name]
+        return name in defined or name in ENGINE_VARIABLES or fhir.is_resource_type(name)
 
     library_names, problems = _library_names(artifacts)
     for art in artifacts:

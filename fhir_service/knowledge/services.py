@@ -125,14 +125,6 @@ def _definition_targets(resource: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _is_type(name: str) -> bool:
-    try:
-        fhir.model_class(name)
-    except KeyError:
-        return False
-    return True
-
-
 def build_services(knowledge: KnowledgeBase) -> dict[str, CdsService]:
     """Every CDS service of the knowledge base, by id."""
     templates = data_requirements(knowledge)
@@ -162,7 +154,7 @@ def build_services(knowledge: KnowledgeBase) -> dict[str, CdsService]:
             for name in reads.names(rule.resource, local):
                 if name == "patient":
                     needed.add("Patient")
-                elif _is_type(name):
+                elif fhir.is_resource_type(name):
                     needed.add(name)
         services[service_id] = CdsService(
             id=service_id,
