@@ -24,6 +24,8 @@ from fhir_service.api.responses import FhirResponse, JsonResponse
 from fhir_service.errors import FhirError, Issue, Unauthorized, operation_outcome
 from fhir_service.logging_setup import configure_logging
 from fhir_service.middleware import AccessLogMiddleware, CatchAllMiddleware, CorsMiddleware
+from fhir_service.observability import app as observability
+from fhir_service.paths import EmptySegmentMiddleware
 from fhir_service.runtime import Runtime, build_runtime
 from fhir_service.settings import Settings
 
@@ -72,8 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def fhir_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, FhirError)
         headers = dict(exc.headers)
-        if isinstance(exc, Unauthorized):
-            log.info("unauthorized", extra={"reason": exc.reason, "path": request.url.path})
+        if isinstance(exc, Unauthorized):  # its one log line is security/jwt.py's
             headers["WWW-Authenticate"] = "Bearer"
         return _error_response(request, exc.status_code, exc.outcome(), headers)
 
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        observability.shutdown(_app)
         await runtime.aclose()
 
     app = FastAPI(
@@ -137,6 +139,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(CorsMiddleware)
     app.add_middleware(AccessLogMiddleware)
+    observability.install(app, runtime)
+    app.add_middleware(EmptySegmentMiddleware)
     include_routers(app)
 
     @app.get("/healthz", tags=["Operations"])

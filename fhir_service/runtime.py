@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx
 
+from fhir_service.cds.prefetch import Fetcher
 from fhir_service.clients.fhir_client import FhirClient
 from fhir_service.clock import Clock, IdFactory, fixed_clock, system_clock, uuid4_factory
 from fhir_service.engine.plan_definition import PlanEngine
@@ -39,7 +40,7 @@ class Runtime:
     new_id: IdFactory
     http: httpx.AsyncClient
     allowlist: Allowlist
-    fetcher: FhirClient
+    fetcher: Fetcher
     limiter: anyio.CapacityLimiter
     store: Any = None
     verifier: Any = None

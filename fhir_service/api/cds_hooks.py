@@ -22,6 +22,9 @@ from fhir_service.clock import system_clock
 from fhir_service.deps import RuntimeDep
 from fhir_service.errors import NotFound
 from fhir_service.knowledge.services import CdsService
+from fhir_service.observability import tracing
+from fhir_service.observability.app import record_cards, record_feedback
+from fhir_service.paths import called_paths
 from fhir_service.runtime import Runtime
 
 router = APIRouter(tags=["CDS Hooks"])
@@ -29,10 +32,11 @@ log = logging.getLogger(__name__)
 
 
 async def authenticate(request: Request, runtime: Runtime) -> None:
-    """With ``FHIR_SERVICE_AUTH=jwt``: a valid client JWT whose ``aud`` is the URL called."""
+    """With ``FHIR_SERVICE_AUTH=jwt``: a valid client JWT whose ``aud`` is the URL called
+    (as served, or as called when the client's URL had an empty segment: paths.py)."""
     if runtime.verifier is None:
         return
-    audience = runtime.settings.public_base_url + request.url.path
+    audience = [runtime.settings.public_base_url + path for path in called_paths(request.scope)]
     await runtime.verifier.verify(request.headers.get("authorization"), audience)
 
 
@@ -62,7 +66,9 @@ async def call_service(service_id: str, request: Request, runtime: RuntimeDep) -
     body = await read_json(
         request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
     )
-    cards = await invoke(runtime, service, body, started=started)
+    with tracing.span("cds.hook", {"cds.service": service.id, "cds.hook": service.hook}):
+        cards = await invoke(runtime, service, body, started=started)
+        record_cards(request, service.id, cards)
     # Recorded after the answer is sent: a slow or locked store never delays the cards.
     remember = BackgroundTask(_remember, runtime, service, body, cards)
     return JsonResponse({"cards": cards}, background=remember)
@@ -106,6 +112,7 @@ async def feedback(service_id: str, request: Request, runtime: RuntimeDep) -> Js
     result = await run_in_threadpool(
         runtime.store.record_feedback, service.id, items, system_clock()
     )
+    record_feedback(request, service.id, result.recorded)
     return JsonResponse(
         {"stored": result.stored, "duplicates": result.duplicates, "unmatched": result.unmatched}
     )

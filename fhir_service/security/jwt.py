@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio.to_thread
@@ -303,6 +303,58 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
+_CLAIM_CHECKS: dict[type[Exception], str] = {
+    jwt.InvalidAudienceError: "aud",
+    jwt.InvalidIssuerError: "iss",
+    jwt.MissingRequiredClaimError: "claims",
+}
+_LOG_CHARS = 200
+
+
+def _shown(value: object) -> str | list[str] | None:
+    """A claim as logged: strings cut to 200 characters, at most 5 array members."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [str(v)[:_LOG_CHARS] for v in value[:5]]
+    return str(value)[:_LOG_CHARS]
+
+
+class _Attempt:
+    """One verification: the check under way and what the token claimed (for the log line)."""
+
+    def __init__(self, expected: list[str]) -> None:
+        self.expected = expected
+        self.check = "bearer"
+        self.iss: str | None = None
+        self.claimed: Mapping[str, Any] = {}
+
+    def saw(self, unverified: Mapping[str, Any]) -> None:
+        self.claimed = unverified
+        iss = unverified.get("iss")
+        self.iss = iss if isinstance(iss, str) else None
+
+    def log(self, exc: Unauthorized) -> None:
+        """One line per refusal, never the token: check, reason, iss, expected/received aud."""
+        iss = _shown(self.claimed.get("iss"))
+        received = _shown(self.claimed.get("aud"))
+        logger.warning(
+            "401 unauthorized: check=%s reason=%r iss=%r expected aud=%r received aud=%r",
+            self.check,
+            exc.reason,
+            iss,
+            self.expected,
+            received,
+            extra={
+                "check": self.check,
+                "reason": exc.reason,
+                "iss": iss,
+                "expectedAud": self.expected,
+                "receivedAud": received,
+            },
+        )
+
+
 class JwtVerifier:
     """Verifies the CDS client JWT of discovery, service and feedback calls.
 
@@ -349,12 +401,19 @@ class JwtVerifier:
         self._leeway = leeway
         self._max_lifetime = max_lifetime
 
-    async def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
+    async def verify(
+        self, authorization: str | None, audience: str | Sequence[str]
+    ) -> dict[str, Any]:
         """Verify ``Authorization: Bearer <jwt>`` for a call to ``audience``.
+
+        A refusal is logged in one line without the token (contract, Additions of 2026-12,
+        "401 answers"): the failed check, the reason, ``iss``, and the expected and the
+        received ``aud`` (docs/troubleshooting.md reads those lines).
 
         Args:
             authorization: The raw ``Authorization`` header value, if any.
-            audience: The exact URL called (``<base>/cds-services[/{id}[/feedback]]``).
+            audience: The exact URL called (``<base>/cds-services[/{id}[/feedback]]``), or the
+                URLs that name the same call (as called and as served: fhir_service/paths.py).
 
         Returns:
             The verified claims.
@@ -362,22 +421,38 @@ class JwtVerifier:
         Raises:
             Unauthorized: Any failure; ``reason`` is for logs and never holds the token.
         """
+        attempt = _Attempt([audience] if isinstance(audience, str) else list(audience))
+        try:
+            return await self._verify(authorization, attempt)
+        except Unauthorized as exc:
+            attempt.log(exc)
+            raise
+
+    async def _verify(self, authorization: str | None, attempt: _Attempt) -> dict[str, Any]:
         token = _bearer_token(authorization)
+        attempt.check = "token"
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise Unauthorized("malformed JWT") from None
+        attempt.saw(unverified)
+        attempt.check = "header"
         alg, kid = _check_header(header)
+        attempt.check = "iss"
         iss = unverified.get("iss")
         if not isinstance(iss, str) or iss not in self._sources:
             shown = repr(iss[:100]) if isinstance(iss, str) else type(iss).__name__
             raise Unauthorized(f"iss {shown} is not a trusted issuer")
+        attempt.check = "key"
         keys = await self._sources[iss].keys_for(kid, alg, header.get("jku"))
         if not keys:
             raise Unauthorized(f"no key of iss {iss!r} for kid {kid[:64]!r} and alg {alg}")
-        claims = self._decode(token, keys, alg, audience, iss)
+        attempt.check = "signature"
+        claims = self._decode(token, keys, alg, attempt)
+        attempt.check = "time"
         exp = self._check_times(claims)
+        attempt.check = "jti"
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti or len(jti) > _MAX_JTI_CHARS:
             raise Unauthorized("jti is not a usable string")
@@ -388,7 +463,7 @@ class JwtVerifier:
         return claims
 
     def _decode(
-        self, token: str, keys: list[jwt.PyJWK], alg: str, audience: str, iss: str
+        self, token: str, keys: list[jwt.PyJWK], alg: str, attempt: _Attempt
     ) -> dict[str, Any]:
         """Signature (key's algorithm only), ``aud``, ``iss`` and required claims."""
         for key in keys:
@@ -397,8 +472,8 @@ class JwtVerifier:
                     token,
                     key=key,
                     algorithms=[alg],
-                    audience=audience,
-                    issuer=iss,
+                    audience=attempt.expected,
+                    issuer=attempt.iss,
                     leeway=self._leeway,
                     options={
                         "require": list(_REQUIRED_CLAIMS),
@@ -411,8 +486,9 @@ class JwtVerifier:
             except jwt.InvalidSignatureError:
                 continue  # another key with the same kid may fit
             except jwt.PyJWTError as exc:
+                attempt.check = _CLAIM_CHECKS.get(type(exc), "claims")
                 raise Unauthorized(f"JWT rejected: {type(exc).__name__}") from None
-        raise Unauthorized(f"JWT rejected: signature does not verify (iss {iss!r})")
+        raise Unauthorized(f"JWT rejected: signature does not verify (iss {attempt.iss!r})")
 
     def _check_times(self, claims: Mapping[str, Any]) -> float:
         """``exp``/``iat``/``nbf`` with leeway against the wall clock; returns ``exp``."""

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -125,11 +125,14 @@ class FeedbackResult:
         duplicates: Items already stored (an earlier request, or earlier in the same one).
             ``stored + duplicates`` is the number of items.
         unmatched: Items, stored or duplicate, whose card uuid this service never issued.
+        recorded: ``(rule id or None, outcome, override reason code)`` of each item newly
+            stored (metrics per rule; not part of equality).
     """
 
     stored: int
     duplicates: int
     unmatched: int
+    recorded: tuple[tuple[str | None, str, str | None], ...] = field(default=(), compare=False)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -537,6 +540,7 @@ class SqlStore:
         service = _clean(service_id)
         received = _utc(received_at)
         stored = duplicates = unmatched = 0
+        recorded: list[tuple[str | None, str, str | None]] = []
         logged: set[str] = set()
         with self._transaction("record feedback", write=True) as conn:
             issued = self._issued(conn, service, {_clean(item.card) for item in items})
@@ -544,13 +548,14 @@ class SqlStore:
                 card = _clean(item.card)
                 instant = item.outcome_instant
                 known = issued.get(card)
+                rule_id: str | None = known[1] if known else None
                 row = {
                     "identity": _identity(service_id, item, instant),
                     "service_id": service,
                     "card_uuid": card,
                     "matched": known is not None,
                     "hook_instance": known[0] if known else None,
-                    "rule_id": known[1] if known else None,
+                    "rule_id": rule_id,
                     "outcome": item.outcome,
                     "outcome_timestamp": instant,
                     "accepted_suggestions": json.dumps(
@@ -563,6 +568,7 @@ class SqlStore:
                 }
                 if self._insert_ignoring_conflict(conn, feedback_rows, row):
                     stored += 1
+                    recorded.append((rule_id, item.outcome, item.override_reason_code))
                 else:
                     duplicates += 1
                 if known is None:
@@ -581,7 +587,7 @@ class SqlStore:
             duplicates,
             unmatched,
         )
-        return FeedbackResult(stored=stored, duplicates=duplicates, unmatched=unmatched)
+        return FeedbackResult(stored, duplicates, unmatched, tuple(recorded))
 
     def analytics(self, service_id: str) -> dict[str, Any]:
         """Per-rule counts of issued cards and their outcomes for one service.
