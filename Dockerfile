@@ -53,8 +53,10 @@ USER app
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=40s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
-# One process per container; scale out with replicas (compose.yaml). --proxy-headers: behind
-# nginx, the client address in logs is the real one. The JWT aud never depends on headers: it
-# comes from FHIR_SERVICE_PUBLIC_BASE_URL.
-CMD ["uvicorn", "fhir_service.main:app", "--host", "0.0.0.0", "--port", "8000", \
-     "--proxy-headers", "--forwarded-allow-ips", "*", "--no-access-log", "--timeout-graceful-shutdown", "20"]
+# python -m fhir_service (fhir_service/serve.py): one uvicorn worker per CPU core the container
+# may use (FHIR_SERVICE_WORKERS overrides; set it to the CPU limit under Kubernetes), metrics
+# summed across workers (multiprocess files under /tmp, or PROMETHEUS_MULTIPROC_DIR), proxy
+# headers trusted from FORWARDED_ALLOW_IPS: behind nginx, the client address in logs is the real
+# one. The JWT aud never depends on headers: it comes from FHIR_SERVICE_PUBLIC_BASE_URL.
+ENV FORWARDED_ALLOW_IPS="*"
+CMD ["python", "-m", "fhir_service", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,4 +1,7 @@
 # One entry point for set-up, run and checks. Every target creates .venv when it is missing.
+# `make run` serves with `python -m fhir_service` (fhir_service/serve.py): HOST/PORT from the
+# environment (or `make run PORT=9000`), one worker per core unless FHIR_SERVICE_WORKERS is set,
+# and FHIR_SERVICE_PUBLIC_BASE_URL defaulting to http://<HOST>:<PORT>.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -32,7 +35,7 @@ browser-deps: install
 run: install forms-deps
 	FHIR_SERVICE_AUTH=off \
 	FHIR_SERVICE_FHIR_SERVER_ALLOWLIST='*,http://127.0.0.1,http://localhost' \
-	$(BIN)/uvicorn fhir_service.main:app --host $(HOST) --port $(PORT) --no-access-log
+	HOST='$(HOST)' PORT='$(PORT)' $(BIN)/python -m fhir_service
 
 lint: install
 	$(BIN)/ruff check $(LINT_PATHS)

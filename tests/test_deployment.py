@@ -79,7 +79,7 @@ def test_dockerfile_shape() -> None:
     healthcheck = next(rest for word, rest in runtime if word == "HEALTHCHECK")
     assert "http://127.0.0.1:8000/healthz" in healthcheck
     cmd = json.loads(next(rest for word, rest in runtime if word == "CMD"))
-    assert cmd[:2] == ["uvicorn", "fhir_service.main:app"]
+    assert cmd[:3] == ["python", "-m", "fhir_service"]  # fhir_service/serve.py
     assert cmd[cmd.index("--port") + 1] == "8000" and cmd[cmd.index("--host") + 1] == "0.0.0.0"
     runs = " ".join(rest for word, rest in steps if word == "RUN")
     assert "scripts/browser-deps.sh --lforms-only" in runs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -28,6 +28,7 @@ from fhir_service.observability.metrics import (
 if TYPE_CHECKING:
     from fhir_service.cds.prefetch import Fetcher
     from fhir_service.runtime import Runtime
+    from fhir_service.store.sql import RecordedFeedback
 
 
 def fetch_outcome(reason: str) -> str:
@@ -71,9 +72,27 @@ class ObservedFetcher:
                 self.metrics.observe_fetch(relative, outcome, time.perf_counter() - start)
 
 
+def _concepts(concepts: Any) -> Iterator[str]:
+    for concept in concepts if isinstance(concepts, list) else ():
+        if isinstance(concept, dict):
+            if isinstance(concept.get("code"), str):
+                yield concept["code"]
+            yield from _concepts(concept.get("concept"))
+
+
+def defined_codes(runtime: Runtime) -> set[tuple[str, str]]:
+    """``(system, code)`` of every concept of the knowledge base's own CodeSystems."""
+    return {
+        (artifact.url, code)
+        for artifact in runtime.knowledge.of_type("CodeSystem")
+        if artifact.url
+        for code in _concepts(artifact.resource.get("concept"))
+    }
+
+
 def install(app: FastAPI, runtime: Runtime) -> None:
     """Metrics (always) and tracing (when the ``OTEL_*`` variables ask for it) for ``app``."""
-    metrics = Metrics(runtime.services, runtime.knowledge.version)
+    metrics = Metrics(runtime.services, runtime.knowledge.version, defined_codes(runtime))
     app.state.metrics = metrics
     inner = runtime.fetcher.inner if isinstance(runtime.fetcher, ObservedFetcher) else None
     runtime.fetcher = ObservedFetcher(inner or runtime.fetcher, metrics)
@@ -117,7 +136,7 @@ def record_cards(request: Request, service_id: str, cards: Iterable[Mapping[str,
 
 
 def record_feedback(
-    request: Request, service_id: str, recorded: Iterable[tuple[str | None, str, str | None]]
+    request: Request, service_id: str, recorded: Iterable[RecordedFeedback]
 ) -> None:
     """Count newly stored feedback items per rule, outcome and override reason."""
     metrics = _metrics(request)

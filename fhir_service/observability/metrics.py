@@ -13,9 +13,9 @@ What is counted (docs/observability.md lists every series):
 
 Label hygiene (reliability-security-performance.md §6.3 H1): every label value comes from a
 closed set — route templates of the app, service and rule ids of the knowledge base, status
-codes, indicators, feedback outcomes — or is a FHIR resource type or a coded reason matched
-against a strict pattern, with a cap on how many distinct reasons a process reports. No path,
-query string, token, patient id or free text ever becomes a label.
+codes, indicators, feedback outcomes, override reason codes defined by the knowledge base's own
+CodeSystems (any other reason is ``other``) — or is a FHIR resource type matched against a
+strict pattern. No path, query string, token, patient id or free text ever becomes a label.
 
 Several workers (``python -m fhir_service`` with ``FHIR_SERVICE_WORKERS`` > 1) use
 prometheus-client's multiprocess mode: the serving entry point sets
@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,15 +43,16 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+if TYPE_CHECKING:
+    from fhir_service.store.sql import RecordedFeedback
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The CDS Hooks service-call route (contract "HTTP surface").
 HOOK_ROUTE = "/cds-services/{service_id}"
 UNMATCHED = "(unmatched)"
 OTHER = "other"
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
-_REASON_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-#: Distinct override reason codes one process reports before it folds the rest into ``other``.
-MAX_REASON_CODES = 50
+_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 FEEDBACK_OUTCOMES = frozenset({"accepted", "overridden"})
 INDICATORS = frozenset({"info", "warning", "critical"})
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -86,10 +86,17 @@ class Metrics:
     Args:
         services: The CDS service ids; any other id is labelled ``other``.
         knowledge_version: The knowledge version loaded (``/readyz`` reports the same).
+        reason_codes: ``(system, code)`` pairs an override reason may be labelled with.
     """
 
-    def __init__(self, services: Collection[str], knowledge_version: str) -> None:
+    def __init__(
+        self,
+        services: Collection[str],
+        knowledge_version: str,
+        reason_codes: Collection[tuple[str, str]] = (),
+    ) -> None:
         self.services = frozenset(services)
+        self.reason_codes = frozenset(reason_codes)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -145,7 +152,7 @@ class Metrics:
         self.override_reasons = Counter(
             "fhir_service_cds_override_reasons",
             "Overridden feedback items by service, rule and coded reason "
-            "(none: no coded reason; other: beyond the per-process cap).",
+            "(none: no coded reason; other: a code the knowledge base does not define).",
             ["service", "rule", "reason"],
             registry=r,
         )
@@ -164,8 +171,6 @@ class Metrics:
             multiprocess_mode="liveall",
         )
         self.knowledge.labels(version=knowledge_version).set(1)
-        self._reasons: set[str] = set()
-        self._lock = threading.Lock()
 
     # -- recording -------------------------------------------------------------------------
 
@@ -194,7 +199,7 @@ class Metrics:
             indicator = card.get("indicator")
             self.cards.labels(
                 service,
-                rule if isinstance(rule, str) and _REASON_CODE.fullmatch(rule) else OTHER,
+                rule if isinstance(rule, str) and _RULE_ID.fullmatch(rule) else OTHER,
                 indicator if indicator in INDICATORS else OTHER,
             ).inc()
 
@@ -203,31 +208,22 @@ class Metrics:
         self.fetches.labels(resource_type, outcome).inc()
         self.fetch_seconds.labels(resource_type).observe(seconds)
 
-    def observe_feedback(
-        self, service_id: str, recorded: Iterable[tuple[str | None, str, str | None]]
-    ) -> None:
-        """Count newly stored feedback items: ``(rule id or None, outcome, reason code)``."""
+    def observe_feedback(self, service_id: str, recorded: Iterable[RecordedFeedback]) -> None:
+        """Count newly stored feedback items per rule, outcome and override reason."""
         service = self.service_label(service_id)
-        for rule_id, outcome, reason in recorded:
-            rule = rule_id if rule_id and _REASON_CODE.fullmatch(rule_id) else ""
-            self.feedback.labels(
-                service, rule, outcome if outcome in FEEDBACK_OUTCOMES else OTHER
-            ).inc()
+        for item in recorded:
+            rule_id = item.rule_id
+            rule = rule_id if rule_id and _RULE_ID.fullmatch(rule_id) else ""
+            outcome = item.outcome if item.outcome in FEEDBACK_OUTCOMES else OTHER
+            self.feedback.labels(service, rule, outcome).inc()
             if outcome == "overridden":
-                self.override_reasons.labels(service, rule, self._reason_label(reason)).inc()
+                reason = self._reason_label(item.reason_system, item.reason_code)
+                self.override_reasons.labels(service, rule, reason).inc()
 
-    def _reason_label(self, reason: str | None) -> str:
-        if not reason:
+    def _reason_label(self, system: str | None, code: str | None) -> str:
+        if not code:
             return "none"
-        if not _REASON_CODE.fullmatch(reason):
-            return OTHER
-        with self._lock:
-            if reason in self._reasons:
-                return reason
-            if len(self._reasons) >= MAX_REASON_CODES:
-                return OTHER
-            self._reasons.add(reason)
-            return reason
+        return code if (system, code) in self.reason_codes else OTHER
 
     # -- exposition ------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from sqlalchemy import (
     BigInteger,
@@ -116,6 +116,15 @@ class IssuedCard:
     suggestion_uuids: tuple[str, ...]
 
 
+class RecordedFeedback(NamedTuple):
+    """One newly stored feedback item, as metrics count it (no free text)."""
+
+    rule_id: str | None
+    outcome: str
+    reason_system: str | None
+    reason_code: str | None
+
+
 @dataclass(frozen=True)
 class FeedbackResult:
     """What :meth:`SqlStore.record_feedback` did with one request's items.
@@ -125,14 +134,13 @@ class FeedbackResult:
         duplicates: Items already stored (an earlier request, or earlier in the same one).
             ``stored + duplicates`` is the number of items.
         unmatched: Items, stored or duplicate, whose card uuid this service never issued.
-        recorded: ``(rule id or None, outcome, override reason code)`` of each item newly
-            stored (metrics per rule; not part of equality).
+        recorded: Each item newly stored, by rule (metrics; not part of equality).
     """
 
     stored: int
     duplicates: int
     unmatched: int
-    recorded: tuple[tuple[str | None, str, str | None], ...] = field(default=(), compare=False)
+    recorded: tuple[RecordedFeedback, ...] = field(default=(), compare=False)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -540,7 +548,7 @@ class SqlStore:
         service = _clean(service_id)
         received = _utc(received_at)
         stored = duplicates = unmatched = 0
-        recorded: list[tuple[str | None, str, str | None]] = []
+        recorded: list[RecordedFeedback] = []
         logged: set[str] = set()
         with self._transaction("record feedback", write=True) as conn:
             issued = self._issued(conn, service, {_clean(item.card) for item in items})
@@ -568,7 +576,14 @@ class SqlStore:
                 }
                 if self._insert_ignoring_conflict(conn, feedback_rows, row):
                     stored += 1
-                    recorded.append((rule_id, item.outcome, item.override_reason_code))
+                    recorded.append(
+                        RecordedFeedback(
+                            rule_id,
+                            item.outcome,
+                            item.override_reason_system,
+                            item.override_reason_code,
+                        )
+                    )
                 else:
                     duplicates += 1
                 if known is None:
