@@ -136,7 +136,9 @@ class CatchAllMiddleware(_HttpMiddleware):
 
 
 class AccessLogMiddleware(_HttpMiddleware):
-    """One log line per request: method, path (no query string), status, milliseconds."""
+    """One log line per request: method, route template, status, milliseconds, and the path
+    (never the query string) when the request was served: a path the service refused is
+    client input and may name a patient."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -144,11 +146,14 @@ class AccessLogMiddleware(_HttpMiddleware):
         try:
             await self.app(scope, receive, recorder)
         finally:
+            served = 200 <= recorder.status < 400
+            route = getattr(scope.get("route"), "path", None)
             log.info(
                 "request",
                 extra={
                     "method": scope["method"],
-                    "path": scope["path"],
+                    "route": route if isinstance(route, str) else "(unmatched)",
+                    "path": scope["path"] if served else None,
                     "status": recorder.status,
                     "ms": round((time.perf_counter() - start) * 1000, 2),
                 },

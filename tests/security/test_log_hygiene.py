@@ -1,4 +1,4 @@
-"""Token and PHI hygiene of the logs (RSP §6.3 H1, §2.5).
+"""Token and PHI hygiene of the logs and of ``/metrics`` (RSP §6.3 H1, §2.5).
 
 A representative run — hook calls carrying ``fhirAuthorization`` tokens against a real loopback
 FHIR server (success and upstream failure), JWT-authenticated calls (valid, replayed, expired,
@@ -6,7 +6,8 @@ wrong audience), prefetch with a Patient's name, birth date and identifiers, ``$
 ``$apply`` with the same patient data, feedback with a free-text comment, and error paths — is
 captured at DEBUG on the root logger (every record's message *and* extra fields) and through the
 service's own JSON formatter. No bearer token, no JWT compact string and no patient name, birth
-date or identifier value may appear in any line.
+date or identifier value may appear in any line. The same runs then read ``/metrics``: no
+label value holds any of them, a query string, or a path that is not a route template.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from typing import Any
 
 import jwt
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from bench.issuer import ISSUER, KID, Issuer
+from fhir_service.api import cds_hooks, fhir_rest, operations, sdc
 from fhir_service.logging_setup import JsonFormatter
 from tests.faults.apps import build_app
 from tests.faults.chaos import ChaosServer
+from tests.observability.helpers import samples
 
 ACCESS_TOKEN = "at-7Hq2ZrX9vLw4KpN8sTb3YdF6"
 FAMILY = "Zyxwvutsonian"
@@ -149,6 +153,26 @@ def assert_clean(
             assert secret not in line, f"{secret[:12]}... leaked into a log line: {line[:300]}"
 
 
+def assert_metrics_clean(client: TestClient, extra: list[str]) -> None:
+    """No secret in ``/metrics``; every route label is a route template of the app."""
+    text = client.get("/metrics").text
+    for secret in secrets(extra):
+        assert secret not in text, f"{secret[:12]}... leaked into /metrics"
+    app = client.app
+    assert isinstance(app, FastAPI)
+    routers = (cds_hooks.router, operations.router, sdc.router, fhir_rest.router)
+    templates = {getattr(r, "path", None) for r in app.routes} | {"(unmatched)"}
+    templates |= {getattr(r, "path", None) for router in routers for r in router.routes}
+    found = samples(text)
+    assert any(name == "fhir_service_cds_hook_calls_total" for name, _, _ in found)
+    for name, labels, _ in found:
+        if "route" in labels:
+            assert labels["route"] in templates, (name, labels)
+        for label, value in labels.items():
+            assert "?" not in value and "=" not in value, (name, label, value)
+            assert label != "path" and "@" not in value, (name, label, value)
+
+
 def pv_body(fhir_server: str | None, prefetch: dict[str, Any] | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "hook": "patient-view",
@@ -263,7 +287,13 @@ def test_no_token_or_phi_in_logs_without_jwt(
                         "outcome": "overridden",
                         "outcomeTimestamp": "2026-12-01T12:00:00Z",
                         "overrideReason": {"userComment": COMMENT},
-                    }
+                    },
+                    {
+                        "card": "c-2",
+                        "outcome": "overridden",
+                        "outcomeTimestamp": "2026-12-01T12:00:00Z",
+                        "overrideReason": {"reason": {"system": "urn:x", "code": MRN}},
+                    },
                 ]
             },
         )
@@ -298,6 +328,9 @@ def test_no_token_or_phi_in_logs_without_jwt(
         }
         assert client.post("/fhir/PlanDefinition/rf-01/$apply", json=apply).status_code == 400
         client.get(f"/fhir/PlanDefinition?name={FAMILY}&identifier={MRN}")
+        client.get(f"/fhir/Patient/{MRN}?name={FAMILY}")
+        client.get(f"/{FAMILY}/{MRN}?birthdate={BIRTH_DATE}")
+        assert_metrics_clean(client, [])
     assert_clean(capture, caplog, [])
 
 
@@ -374,7 +407,8 @@ def test_no_jwt_or_token_in_logs_with_jwt_auth(
             ).status_code
             == 401
         )
-    parts = [p for token in minted for p in token.split(".")]
+        parts = [p for token in minted for p in token.split(".")]
+        assert_metrics_clean(client, minted + [p for p in parts if len(p) > 20])
     assert_clean(capture, caplog, minted + [p for p in parts if len(p) > 20])
 
 
