@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 LINT_PATHS := $(wildcard fhir_service tests bench scripts examples)
 
-.PHONY: install run test lint fmt typecheck pytest lock bench fuzz examples clean system-deps browser-deps forms-deps
+.PHONY: install run test lint fmt typecheck pytest lock bench fuzz examples clean system-deps browser-deps forms-deps tools-deps k8s-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,15 @@ system-deps:
 
 forms-deps:
 	@bash scripts/browser-deps.sh --lforms-only
+
+# checkov in its own venv (.venv-tools, pinned by requirements-tools.lock).
+tools-deps:
+	@bash scripts/tools-deps.sh
+
+# The Kubernetes manifests: schemas (offline) and the security linter (docs/deployment.md).
+k8s-check: install tools-deps
+	$(BIN)/kubernetes-validate --strict --quiet $(filter-out %/kustomization.yaml,$(wildcard deploy/kubernetes/base/*.yaml))
+	.venv-tools/bin/checkov --quiet --compact --skip-download --framework kubernetes -d deploy/kubernetes/base
 
 browser-deps: install
 	@bash scripts/browser-deps.sh
@@ -48,7 +57,7 @@ fmt: install
 typecheck: install
 	$(BIN)/mypy fhir_service
 
-pytest: install system-deps browser-deps
+pytest: install system-deps browser-deps tools-deps
 	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -67,4 +76,4 @@ examples: install
 	$(BIN)/python examples/run_examples.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) .venv-tools .pytest_cache .mypy_cache .ruff_cache .coverage
