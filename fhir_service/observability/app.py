@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from fhir_service.clients.fhir_client import FhirFetchError
 from fhir_service.observability import tracing
@@ -103,7 +103,12 @@ def install(app: FastAPI, runtime: Runtime) -> None:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     app.add_api_route(
-        "/metrics", metrics_endpoint, methods=["GET"], tags=["Operations"], name="metrics"
+        "/metrics",
+        metrics_endpoint,
+        methods=["GET"],
+        tags=["Operations"],
+        name="metrics",
+        response_class=PlainTextResponse,
     )
     provider = tracing.tracer_provider_from_env()
     app.state.tracer_provider = provider
