@@ -375,3 +375,25 @@ def test_401_on_write_keeps_the_answers_for_a_relaunch(
     assert (
         search(fhir_server, f"Observation?patient={patient}&code=72514-3")[0]["valueInteger"] == 6
     )
+
+
+def test_conflict_and_server_error_are_explained_and_a_retry_writes_once(
+    page: Any, ehr: Ehr, service: str, fhir_server: str
+) -> None:
+    patient = seed_patient(fhir_server, "Eva Retry")
+    ehr_launch(page, ehr, service, patient)
+    ehr.fail_writes = 412
+    status = review_and_write(page, "!!window.__lastWriteError")
+    assert status.startswith("The record changed in the EHR while you were working"), status
+    page.evaluate("window.__lastWriteError = null")
+    ehr.fail_writes = 503
+    page.locator("#write").click()  # the same review, written again
+    page.wait_for_function("!!window.__lastWriteError", timeout=30_000)
+    status = page.locator("#status").inner_text()
+    assert status.startswith("The EHR had a problem and did not save the assessment"), status
+    assert "503" in status and "Your answers are kept" in status
+    ehr.fail_writes = None
+    page.locator("#write").click()
+    page.wait_for_function("window.__submitted === true", timeout=60_000)
+    assert page.locator("#status").inner_text() == "Saved to the EHR: the assessment."
+    assert len(search(fhir_server, f"QuestionnaireResponse?patient={patient}")) == 1
