@@ -233,10 +233,21 @@
     form.setStatus('Check what will be written to the EHR, then choose “Write to the EHR”.');
   }
 
+  /** POST the QuestionnaireResponse; its id comes from the body, else from `Location`. */
   async function writeResponse(session, qr) {
     if (session.written.response) return session.written.response;
-    var created = await session.client.create(qr);
-    session.written.response = created && created.id ? created : Object.assign({}, qr);
+    var result = await session.client.request({
+      url: 'QuestionnaireResponse',
+      method: 'POST',
+      body: JSON.stringify(qr),
+      headers: { 'Content-Type': 'application/fhir+json' },
+      includeResponse: true
+    });
+    var body = result && result.body && result.body.resourceType ? result.body : null;
+    var id = body && body.id;
+    var location = result && result.response && result.response.headers.get('location');
+    if (!id && location) id = (/QuestionnaireResponse\/([^/?#]+)/.exec(location) || [])[1];
+    session.written.response = Object.assign({}, body || qr, id ? { id: id } : {});
     return session.written.response;
   }
 
