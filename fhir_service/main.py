@@ -168,6 +168,7 @@ def include_routers(app: FastAPI) -> None:
     try:  # SDC operations and the forms page (fhir_service/api/sdc.py)
         sdc = importlib.import_module("fhir_service.api.sdc")
         app.include_router(sdc.router)
+        app.include_router(importlib.import_module("fhir_service.api.smart_app").router)
     except ImportError:  # pragma: no cover - present in every release build
         log.warning("SDC operations not available")
     app.include_router(fhir_rest.router)

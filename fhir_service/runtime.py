@@ -6,7 +6,7 @@ Tests build a ``Runtime`` with their own clock, id factory, HTTP transport and s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
@@ -15,6 +15,7 @@ import anyio
 import httpx
 
 from fhir_service.cds.prefetch import Fetcher
+from fhir_service.cds.smart_link import assessment_questionnaires
 from fhir_service.clients.fhir_client import FhirClient
 from fhir_service.clock import Clock, IdFactory, fixed_clock, system_clock, uuid4_factory
 from fhir_service.engine.plan_definition import PlanEngine
@@ -44,6 +45,8 @@ class Runtime:
     limiter: anyio.CapacityLimiter
     store: Any = None
     verifier: Any = None
+    #: rule url → (Questionnaire canonical, title) the SMART app opens (cds/smart_link.py)
+    assessments: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def fhir_base(self) -> str:
@@ -126,4 +129,5 @@ def build_runtime(
         limiter=anyio.CapacityLimiter(settings.evaluation_concurrency),
         store=store,
         verifier=verifier,
+        assessments=assessment_questionnaires(knowledge),
     )

@@ -12,11 +12,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_DEFINITIONS = PACKAGE_ROOT.parent / "definitions"
+#: SMART App Launch 2.x scopes of the assessment app (docs/smart-launch.md): launch context,
+#: read what $populate and the patient-view rules read, create the QuestionnaireResponse and
+#: what $extract makes (Observation, Condition).
+DEFAULT_SMART_SCOPES = " ".join(
+    ["launch", "launch/patient", "patient/Patient.rs"]
+    + [
+        f"patient/{t}.rs"
+        for t in (
+            "Observation Condition QuestionnaireResponse MedicationRequest MedicationStatement"
+            " MedicationDispense ServiceRequest Procedure Encounter"
+        ).split()
+    ]
+    + ["patient/QuestionnaireResponse.c", "patient/Observation.c", "patient/Condition.c"]
+)
 
 
 def _parse_instant(value: str) -> datetime:
@@ -63,6 +77,12 @@ class Settings(BaseSettings):
     upstream_max_pages: int = Field(default=5, gt=0)
     evaluation_concurrency: int = Field(default=2, gt=0)
 
+    # SMART App Launch of the assessment form (docs/smart-launch.md); no launch URL = no links.
+    smart_launch_url: str | None = None
+    smart_client_id: str = "muscle-spasm-assessment"
+    smart_redirect_uri: str | None = None
+    smart_scopes: str = DEFAULT_SMART_SCOPES
+
     @field_validator("now", mode="before")
     @classmethod
     def _now(cls, value: Any) -> Any:
@@ -79,6 +99,28 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("smart_launch_url", "smart_redirect_uri", mode="before")
+    @classmethod
+    def _smart_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            parts = urlsplit(value.strip())
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+                raise ValueError("must be an absolute http(s) URL without a fragment")
+            return value.strip()
+        return value
+
+    @field_validator("smart_client_id", "smart_scopes")
+    @classmethod
+    def _smart_tokens(cls, value: str, info: ValidationInfo) -> str:
+        tokens = value.split()
+        if not tokens or any(not t.isprintable() or '"' in t or "\\" in t for t in tokens):
+            raise ValueError("must be non-empty printable text (RFC 6749 §3.3 scope tokens)")
+        if info.field_name == "smart_client_id" and len(tokens) != 1:
+            raise ValueError("must be one client id without spaces")
+        return " ".join(tokens)
 
     @field_validator("fhir_server_allowlist", mode="before")
     @classmethod

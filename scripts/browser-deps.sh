@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, idempotently, what the assessment form page and its browser test need
 # (shared/spec/ecosystem.md §3):
-#   * npm lforms@40.1.3 into fhir_service/static/forms/node_modules (served at /forms/lforms/,
+#   * npm lforms@40.1.3 and fhirclient@2.6.3 (SMART App Launch client of the form page, served at
+#     /forms/fhirclient/) into fhir_service/static/forms/node_modules (served at /forms/lforms/,
 #     never from a CDN). --legacy-peer-deps avoids npm 11 looping on Angular peer deps.
 #   * Debian chromium (the browser test drives /usr/bin/chromium; Playwright's own browser
 #     download cannot work without internet).
@@ -16,17 +17,20 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 FORMS="$ROOT/fhir_service/static/forms"
 LFORMS_VERSION="40.1.3"
+FHIRCLIENT_VERSION="2.6.3"
 PLAYWRIGHT_VERSION="1.65.2"
 BIN="${VENV_BIN:-$ROOT/.venv/bin}"
 
-# 1. lforms (project-local)
+# 1. lforms and fhirclient (project-local, one npm call so that neither prunes the other)
 if [ -f "$FORMS/node_modules/lforms/dist/lforms/webcomponent/main.js" ] \
-  && grep -q "\"version\": \"$LFORMS_VERSION\"" "$FORMS/node_modules/lforms/package.json" 2>/dev/null; then
+  && grep -q "\"version\": \"$LFORMS_VERSION\"" "$FORMS/node_modules/lforms/package.json" 2>/dev/null \
+  && [ -f "$FORMS/node_modules/fhirclient/build/fhir-client.min.js" ] \
+  && grep -q "\"version\": \"$FHIRCLIENT_VERSION\"" "$FORMS/node_modules/fhirclient/package.json" 2>/dev/null; then
   :
 elif command -v npm >/dev/null 2>&1; then
   (cd "$FORMS" && npm install --legacy-peer-deps --no-audit --no-fund --no-save --no-package-lock \
-    "lforms@$LFORMS_VERSION" >/dev/null 2>&1) \
-    || echo "browser-deps: npm install lforms@$LFORMS_VERSION failed; the form page cannot load" >&2
+    "lforms@$LFORMS_VERSION" "fhirclient@$FHIRCLIENT_VERSION" >/dev/null 2>&1) \
+    || echo "browser-deps: npm install lforms@$LFORMS_VERSION fhirclient@$FHIRCLIENT_VERSION failed; the form page cannot load" >&2
 else
   echo "browser-deps: npm not found; lforms not installed" >&2
 fi

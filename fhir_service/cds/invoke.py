@@ -28,6 +28,7 @@ import anyio.to_thread
 
 from fhir_service.cds.cards import CardContext, build_cards, sort_cards
 from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
+from fhir_service.cds.smart_link import add_smart_links
 from fhir_service.engine.data import (
     DataSet,
     build_data_set,
@@ -220,6 +221,13 @@ def evaluate_service(
                 resources = {f"#{r['id']}": r for r in result.resources if r.get("id")}
                 ctx = CardContext(card_uuids, runtime.fhir_base, CANONICAL_BASE, resources, drafts)
                 made = build_cards(result.request_group, ctx, str(rule.resource.get("title")))
+                add_smart_links(
+                    made,
+                    str(rule.resource.get("url")),
+                    runtime.assessments,
+                    runtime.settings.smart_launch_url,
+                    call.hook_instance,
+                )
                 tracing.set_attributes({"cds.rule.cards": len(made)})
             cards += made
     for issue in issues.issues:

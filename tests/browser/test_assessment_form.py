@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,9 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app = make_app(tmp_path_factory.mktemp("browser"), now=datetime.now(UTC))
-    port = _free_port()
+@contextmanager
+def serve(app: Any, port: int) -> Iterator[None]:
+    """``app`` under uvicorn on ``127.0.0.1:port`` in a thread, until the block ends."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -96,10 +96,18 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    app = make_app(tmp_path_factory.mktemp("browser"), now=datetime.now(UTC))
+    port = _free_port()
+    with serve(app, port):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

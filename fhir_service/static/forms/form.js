@@ -123,19 +123,19 @@
     setStatus('Prefilled ' + answered.length + ' answer(s) from the patient data.', 'ok');
   }
 
-  function currentResponse() {
+  function currentResponse(subjectId) {
     var container = $('formContainer');
     var qr = window.LForms.Util.getFormFHIRData('QuestionnaireResponse', 'R4', container);
     var q = state.questionnaire;
     qr.questionnaire = q.url + (q.version ? '|' + q.version : '');
     qr.status = 'completed';
-    qr.subject = { reference: 'Patient/' + patientId() };
+    qr.subject = { reference: 'Patient/' + (subjectId || patientId()) };
     qr.authored = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
     return qr;
   }
 
-  function showExtracted(bundle) {
-    var list = $('extracted');
+  function showExtracted(bundle, target) {
+    var list = target || $('extracted');
     list.innerHTML = '';
     var entries = (bundle && bundle.entry) || [];
     if (!entries.length) {
@@ -248,19 +248,57 @@
     };
   }
 
+  async function loadQuestionnaire(canonical) {
+    if (!canonical) {
+      var result = await call('GET', '/fhir/Questionnaire/' + encodeURIComponent(questionnaireId));
+      if (!result.ok) throw new Error('Cannot load the questionnaire: ' + outcomeText(result));
+      return result.json;
+    }
+    var parts = canonical.split('|');
+    var query = '?url=' + encodeURIComponent(parts[0]) + (parts[1] ? '&version=' + encodeURIComponent(parts[1]) : '');
+    var found = await call('GET', '/fhir/Questionnaire' + query);
+    var entry = found.ok && found.json && (found.json.entry || [])[0];
+    if (!entry) throw new Error('The EHR asked for a questionnaire this service does not hold: ' + canonical);
+    questionnaireId = entry.resource.id;
+    return entry.resource;
+  }
+
+  // What the SMART app (smart.js) uses of this page.
+  var api = {
+    state: state,
+    call: call,
+    outcomeText: outcomeText,
+    setStatus: setStatus,
+    render: render,
+    currentResponse: currentResponse,
+    showExtracted: showExtracted,
+    showCards: showCards,
+    questionnaireId: function () { return questionnaireId; }
+  };
+
   async function start() {
     await waitForLForms();
-    var result = await call('GET', '/fhir/Questionnaire/' + encodeURIComponent(questionnaireId));
-    if (!result.ok) throw new Error('Cannot load the questionnaire: ' + outcomeText(result));
-    state.questionnaire = withoutPopulation(result.json);
-    $('title').textContent = result.json.title || result.json.name || 'Questionnaire';
+    var smart = window.SmartAssessment && window.SmartAssessment.launched();
+    var session = null;
+    if (smart) {
+      setStatus('Connecting to the EHR…');
+      session = await window.SmartAssessment.connect();
+    }
+    var questionnaire = await loadQuestionnaire(session && session.questionnaire);
+    state.source = questionnaire; // with its population extensions (what $populate reads)
+    state.questionnaire = withoutPopulation(questionnaire);
+    $('title').textContent = questionnaire.title || questionnaire.name || 'Questionnaire';
     document.title = $('title').textContent;
     var params = new URLSearchParams(window.location.search);
     if (params.get('patient')) $('patientId').value = params.get('patient');
     await render(null);
     setStatus('Ready.');
-    $('prefill').addEventListener('click', guard(prefill));
-    $('submit').addEventListener('click', guard(submit));
+    if (session) {
+      await window.SmartAssessment.start(session, api);
+    } else {
+      $('prefill').addEventListener('click', guard(prefill));
+      $('submit').addEventListener('click', guard(submit));
+    }
     window.__ready = true;
   }
 
