@@ -245,7 +245,13 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class MetricsMiddleware:
-    """Times every HTTP request and counts it under its route template once it has run."""
+    """Times every HTTP request and counts it under its route template.
+
+    A request is counted as its last body chunk goes out, before the client can see the whole
+    answer (not after background tasks such as recording the issued cards): a scrape that
+    follows an answer always includes it. A request that fails before answering is counted
+    when it ends.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -257,16 +263,11 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        counted = False
 
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
+        def count() -> None:
+            nonlocal counted
+            counted = True
             params = scope.get("path_params") or {}
             self.metrics.observe_request(
                 scope["method"],
@@ -275,3 +276,18 @@ class MetricsMiddleware:
                 time.perf_counter() - start,
                 params.get("service_id"),
             )
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                if not counted:
+                    count()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            if not counted:
+                count()
