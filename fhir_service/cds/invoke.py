@@ -36,7 +36,6 @@ from fhir_service.engine.data import (
     reference_of,
 )
 from fhir_service.engine.evaluation import CallInput
-from fhir_service.engine.fhirpath import session
 from fhir_service.errors import InvalidRequest, IssueLog, PayloadTooLarge
 from fhir_service.knowledge.services import CdsService
 from fhir_service.runtime import CANONICAL_BASE, Runtime
@@ -210,14 +209,13 @@ def evaluate_service(
     cards: list[dict[str, Any]] = []
     drafts = frozenset(ref for d in data.drafts if (ref := reference_of(d)) is not None)
     card_uuids = call_uuids(service.id, call.hook_instance)
-    with session(now, data.resolve, data.resolve_scoped):
-        for rule in service.rules:
-            result = runtime.engine.apply(
-                rule.resource, scope, subject, runtime.new_id, hook=service.hook
-            )
-            resources = {f"#{r['id']}": r for r in result.resources if r.get("id")}
-            ctx = CardContext(card_uuids, runtime.fhir_base, CANONICAL_BASE, resources, drafts)
-            cards += build_cards(result.request_group, ctx, str(rule.resource.get("title")))
+    for rule in service.rules:
+        result = runtime.engine.apply(
+            rule.resource, scope, subject, runtime.new_id, hook=service.hook
+        )
+        resources = {f"#{r['id']}": r for r in result.resources if r.get("id")}
+        ctx = CardContext(card_uuids, runtime.fhir_base, CANONICAL_BASE, resources, drafts)
+        cards += build_cards(result.request_group, ctx, str(rule.resource.get("title")))
     for issue in issues.issues:
         log.warning(
             "rule evaluation issue",

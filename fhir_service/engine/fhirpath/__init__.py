@@ -13,8 +13,9 @@ Wraps fhirpathpy 2.2.4 with the R4 model (needed for choice types such as ``valu
 ``duration(end, precision)``
     Whole calendar periods (``'years'``, ``'months'``, ``'weeks'``, ``'days'``) from the input
     date to ``end`` (FHIRPath 3.0 ``duration``).
-``now()``, ``today()``
-    From the injected clock, never the wall clock (``FHIR_SERVICE_NOW`` pins it).
+``now()``, ``today()``, ``timeOfDay()``
+    From the call's clock (``EvaluationSession.now``, the same instant ``%now`` reads), never
+    the wall clock (``FHIR_SERVICE_NOW`` pins it).
 ``clinicalDate()``
     A resource's clinically relevant date (``CLINICAL_DATE_PATHS``: e.g. a Condition's
     ``onsetDateTime`` ?? ``onsetPeriod.start`` ?? ``recordedDate``; an Observation's
@@ -22,57 +23,57 @@ Wraps fhirpathpy 2.2.4 with the R4 model (needed for choice types such as ``valu
 ``latest()``
     The resource of the input with the latest ``clinicalDate()`` (Observations: ties broken by
     ``issued``); the service orders candidates itself, never relying on a server's ``_sort``.
+``trace(name[, projection])``
+    The input, unchanged (FHIRPath N1 §5.9; logged at DEBUG with its size only, never its
+    content).
 
-Every expression is parsed once (``compile``) — parsing costs ~2–4 ms in fhirpathpy. The clock
-and the call's data reach the functions through a ``ContextVar``, so compiled expressions are
-shared safely between worker threads.
+Every expression is parsed once (``compile``; parsing costs ~2–4 ms in fhirpathpy) and compiled
+into Python closures by ``closures.ClosureCompiler``, our own evaluator: fhirpathpy's module
+globals are never reassigned (docs/fhirpath.md). One way in: ``CompiledExpression.evaluate``
+takes the call's ``EvaluationSession`` (clock, data resolver), which travels in the evaluation
+context, so compiled expressions are shared safely between worker threads.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
-import fhirpathpy
 from antlr4 import CommonTokenStream, InputStream, Token  # type: ignore[import-untyped]
 from antlr4.error.ErrorListener import ErrorListener  # type: ignore[import-untyped]
 from antlr4.tree.Tree import ParseTreeWalker  # type: ignore[import-untyped]
 from fhirpathpy.engine import base_invocation_registry
-from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity
-from fhirpathpy.engine.util import set_paths
+from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, FP_Type, ResourceNode
+from fhirpathpy.engine.util import get_data
 from fhirpathpy.models import models
 from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from fhir_service.engine import fhirpath_fast, fhirpath_fast_predicate, fhirpath_shortcut
+from fhir_service.engine.fhirpath.closures import ClosureCompiler, Fn, set_base_entries
 from fhir_service.engine.terminology import Terminology
 
-fhirpath_fast.install()
-fhirpath_fast_predicate.install()
-fhirpath_shortcut.install()
+log = logging.getLogger(__name__)
+set_base_entries(base_invocation_registry)
 
 R4_MODEL: dict[str, Any] = models["r4"]
 VARIABLE_RE = re.compile(r"%(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))")
 BUILTIN_VARIABLES = frozenset({"context", "ucum", "resource", "rootResource", "sct", "loinc"})
-
-#: Functions of the table below that ``fhirpath_fast_predicate`` may call directly (they take
-#: string literals and answer a boolean).
-FAST_PREDICATE_FUNCTIONS = frozenset({"memberOf"})
-#: fhirpathpy functions the fast predicates reimplement (never overridden by the table below)
-FAST_PATH_BUILTINS = frozenset({"where", "exists", "empty"})
 
 Resolver = Callable[[str], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
 class EvaluationSession:
-    """What the extension functions see during one call: the clock and the data."""
+    """What the extension functions see during one call: the clock and the data.
+
+    One per call (``evaluation.CallInput.session``): ``now()``/``today()`` and the engine's
+    ``%now``/``%today`` all read ``now``.
+    """
 
     now: datetime
     resolver: Resolver | None = None
@@ -81,29 +82,11 @@ class EvaluationSession:
     scoped: Callable[[Mapping[str, Any]], dict[str, Any] | None] | None = None
 
 
-_SESSION: ContextVar[EvaluationSession | None] = ContextVar("fhirpath_session", default=None)
-
-
-@contextmanager
-def session(
-    now: datetime,
-    resolver: Resolver | None = None,
-    scoped: Callable[[Mapping[str, Any]], dict[str, Any] | None] | None = None,
-) -> Iterator[EvaluationSession]:
-    """Bind the clock and data for the evaluations run inside the ``with`` block."""
-    current = EvaluationSession(now=now, resolver=resolver, scoped=scoped)
-    token = _SESSION.set(current)
-    try:
-        yield current
-    finally:
-        _SESSION.reset(token)
-
-
-def _session() -> EvaluationSession:
-    current = _SESSION.get()
+def _session(ctx: Mapping[str, Any]) -> EvaluationSession:
+    current = ctx.get("session")
     if current is None:
-        raise RuntimeError("FHIRPath evaluated outside an evaluation session")
-    return current
+        raise RuntimeError("FHIRPath evaluated without an evaluation session (the call's clock)")
+    return cast(EvaluationSession, current)
 
 
 def fhir_datetime(value: datetime) -> FP_DateTime:
@@ -279,33 +262,43 @@ def _function_calls(node: Any) -> Iterator[tuple[str, int]]:
         yield from _function_calls(child)
 
 
+def _plain_inputs(fn: Callable[..., Any], *, with_ctx: bool = False) -> Callable[..., Any]:
+    """A service function called as fhirpathpy calls a user table's: the input items as plain
+    data (``get_data``); ``with_ctx`` also hands it the evaluation context (the session)."""
+    if with_ctx:
+        return lambda ctx, inputs, *args: fn(ctx, [get_data(i) for i in inputs], *args)
+    return lambda _ctx, inputs, *args: fn([get_data(i) for i in inputs], *args)
+
+
 class FhirPathCompiler:
     """Compiles expressions with the service's extension functions bound to a Terminology."""
 
-    def __init__(
-        self, terminology: Terminology | None = None, *, fast_predicates: bool = True
-    ) -> None:
+    def __init__(self, terminology: Terminology | None = None) -> None:
         self.terminology = terminology or Terminology()
-        #: evaluate common boolean sub-expressions in Python (``fhirpath_fast_predicate``)
-        self.fast_predicates = fast_predicates
-        self._table = fhirpath_fast.InvocationTable(
-            {
-                "memberOf": {"fn": self._member_of, "arity": {1: ["String"]}},
-                "ingredients": {"fn": self._ingredients, "arity": {1: ["String"]}},
-                "resolve": {"fn": self._resolve, "arity": {0: []}},
-                "duration": {"fn": self._duration, "arity": {2: ["Any", "String"]}},
-                "now": {"fn": self._now, "arity": {0: []}},
-                "today": {"fn": self._today, "arity": {0: []}},
-                "clinicalDate": {"fn": self._clinical_date, "arity": {0: []}},
-                "latest": {"fn": self._latest, "arity": {0: []}},
-                "single": {"fn": self._single, "arity": {0: []}},
-            }
-        )
-        self._functions: dict[str, Mapping[str, Any]] = {**base_invocation_registry, **self._table}
+        own: dict[str, dict[str, Any]] = {
+            "memberOf": {"fn": _plain_inputs(self._member_of), "arity": {1: ["String"]}},
+            "ingredients": {"fn": _plain_inputs(self._ingredients), "arity": {1: ["String"]}},
+            "resolve": {"fn": _plain_inputs(_resolve, with_ctx=True), "arity": {0: []}},
+            "duration": {"fn": _plain_inputs(_duration), "arity": {2: ["Any", "String"]}},
+            "now": {"fn": _now, "arity": {0: []}},
+            "today": {"fn": _today, "arity": {0: []}},
+            "timeOfDay": {"fn": _time_of_day, "arity": {0: []}},
+            "clinicalDate": {"fn": _plain_inputs(_clinical_date), "arity": {0: []}},
+            "latest": {"fn": _plain_inputs(_latest), "arity": {0: []}},
+            "single": {"fn": _plain_inputs(_single), "arity": {0: []}},
+            "trace": {"fn": _trace, "arity": {0: [], 1: ["String"], 2: ["String", "Expr"]}},
+        }
+        #: the service's functions, as fhirpathpy's registry entries (``fn(ctx, inputs, ...)``)
+        self.extensions: Mapping[str, Mapping[str, Any]] = own
+        #: fhirpathpy's functions and operators, with the service's own in front
+        self.functions: dict[str, Mapping[str, Any]] = {**base_invocation_registry, **own}
+        self._closures = ClosureCompiler(self.functions, R4_MODEL)
         self._cache: dict[str, CompiledExpression] = {}
+        self._membership: dict[tuple[str, Any], tuple[str, ...]] = {}
 
     def compile(self, expression: str) -> CompiledExpression:
-        """Parse ``expression`` once (cached); raises ``ValueError`` when it does not parse."""
+        """Parse and compile ``expression`` once (cached); raises ``ValueError`` when it does not
+        parse or names an unknown function or a wrong number of arguments."""
         cached = self._cache.get(expression)
         if cached is not None:
             return cached
@@ -314,27 +307,16 @@ class FhirPathCompiler:
         except Exception as exc:  # ANTLR raises assorted exception types
             raise ValueError(f"FHIRPath does not parse: {exc}") from None
         for name, count in _function_calls(ast):
-            known = self._functions.get(name)
+            known = self.functions.get(name)
             if known is None:
                 raise ValueError(f"FHIRPath function {name}() is not supported")
             arity = known.get("arity")
             if isinstance(arity, Mapping) and count not in arity:
                 allowed = " or ".join(str(n) for n in sorted(arity))
                 raise ValueError(f"{name}() takes {allowed} argument(s), not {count}")
-        if self.fast_predicates and not FAST_PATH_BUILTINS & self._table.keys():
-            ast = fhirpath_fast_predicate.optimize(ast, R4_MODEL, FAST_PREDICATE_FUNCTIONS)
-        options = {"userInvocationTable": self._table}
-        fn = set_paths(
-            fhirpathpy.apply_parsed_path, parsedPath=ast, model=R4_MODEL, options=options
-        )
-        typed_fn = set_paths(
-            fhirpathpy.apply_parsed_path,
-            parsedPath=ast,
-            model=R4_MODEL,
-            options={**options, "returnRawData": True},
-        )
+        fn = self._closures.compile(ast["children"][0])
         names = frozenset(a or b for a, b in VARIABLE_RE.findall(expression)) - BUILTIN_VARIABLES
-        compiled = CompiledExpression(expression, fn, names, typed_fn)
+        compiled = CompiledExpression(expression, fn, names)
         self._cache[expression] = compiled
         return compiled
 
@@ -345,107 +327,207 @@ class FhirPathCompiler:
     def _member_of(self, inputs: list[Any], url: str) -> list[bool]:
         if not inputs:
             return []
-        return [any(self.terminology.member(value, url) for value in inputs)]
+        return [any(self._ingredients_of(value, url) for value in inputs)]
 
     def _ingredients(self, inputs: list[Any], url: str) -> list[str]:
         out: list[str] = []
         for value in inputs:
-            out.extend(self.terminology.ingredients(value, url))
+            out.extend(self._ingredients_of(value, url))
         return out
 
-    @staticmethod
-    def _resolve(inputs: list[Any]) -> list[dict[str, Any]]:
-        current = _session()
-        out: list[dict[str, Any]] = []
-        for value in inputs:
-            ref = value.get("reference") if isinstance(value, Mapping) else value
-            if not isinstance(ref, str):
-                continue
-            found = None
-            if ref.startswith("#") and isinstance(value, Mapping) and current.scoped is not None:
-                found = current.scoped(value)
-            elif current.resolver is not None:
-                found = current.resolver(ref)
-            if found is not None:
-                out.append(found)
-        return out
+    def _ingredients_of(self, value: Any, url: str) -> tuple[str, ...]:
+        """``Terminology.ingredients``, memoised by what it reads of ``value`` (its codings'
+        system, code and display, its text): each distinct concept of the data is looked up
+        once per ValueSet for the life of the process, so a code filter repeated by many
+        rules and calls costs a dictionary lookup."""
+        key = _concept_key(value)
+        if key is None:
+            return tuple(self.terminology.ingredients(value, url))
+        memo_key = (url, key)
+        found = self._membership.get(memo_key)
+        if found is None:
+            found = tuple(self.terminology.ingredients(value, url))
+            if len(self._membership) >= MEMBERSHIP_MEMO_SIZE:
+                self._membership.clear()
+            self._membership[memo_key] = found
+        return found
 
-    @staticmethod
-    def _duration(inputs: list[Any], end: list[Any], precision: str) -> list[int]:
-        if len(inputs) != 1 or not end:
-            return []
-        if precision in ("hours", "hour", "minutes", "minute"):
-            start_at, end_at = _parse_instant(inputs[0]), _parse_instant(end[0])
-            if start_at is None or end_at is None:
-                return []
-            seconds = (end_at - start_at).total_seconds()
-            return [int(seconds // (3600 if precision.startswith("hour") else 60))]
-        start_day = _parse_date(getattr(inputs[0], "data", inputs[0]))
-        end_value = end[0]
-        end_day = _parse_date(getattr(end_value, "data", end_value))
-        if start_day is None or end_day is None:
-            return []
-        return [_whole_periods(start_day, end_day, precision)]
 
-    @staticmethod
-    def _clinical_date(inputs: list[Any]) -> list[str]:
-        out = []
-        for resource in inputs:
-            found = clinical_date(resource)
-            if found:
-                out.append(found)
-        return out
+#: distinct (ValueSet, concept) answers kept by ``FhirPathCompiler._ingredients_of``
+MEMBERSHIP_MEMO_SIZE = 100_000
+_CODING_FIELDS = ("system", "code", "display")
 
-    @staticmethod
-    def _latest(inputs: list[Any]) -> list[Any]:
-        candidates = [r for r in inputs if isinstance(r, Mapping)]
-        if not candidates:
-            return []
-        best = max(
-            candidates,
-            key=lambda r: (_sort_key(clinical_date(r)), _sort_key(r.get("issued"))),
+
+def _concept_key(value: Any) -> tuple[Any, ...] | None:
+    """What ``Terminology.ingredients`` reads of a Coding/CodeableConcept, as a hashable key
+    (None when the value is not a plain JSON concept)."""
+    if type(value) is not dict:
+        return None
+    key: tuple[Any, ...]
+    if "coding" in value or "text" in value:
+        codings = value.get("coding") or ()
+        if not isinstance(codings, list | tuple):
+            return None
+        key = (
+            value.get("text"),
+            *(
+                tuple(c.get(f) for f in _CODING_FIELDS) if type(c) is dict else None
+                for c in codings
+            ),
         )
-        return [best]
+    else:
+        key = ("", *(value.get(f) for f in _CODING_FIELDS))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
-    @staticmethod
-    def _single(inputs: list[Any]) -> list[Any]:
-        """FHIRPath ``single()``: an error for more than one item (fhirpathpy returns an
-        ``{"$status": "error"}`` object instead, which ``exists()`` then counts as true)."""
-        if len(inputs) > 1:
-            raise ValueError(f"single(): expected at most one item, got {len(inputs)}")
-        return list(inputs)
 
-    @staticmethod
-    def _now(_inputs: list[Any]) -> FP_DateTime:
-        return fhir_datetime(_session().now)
+def _resolve(ctx: Mapping[str, Any], inputs: list[Any]) -> list[dict[str, Any]]:
+    current = _session(ctx)
+    out: list[dict[str, Any]] = []
+    for value in inputs:
+        ref = value.get("reference") if isinstance(value, Mapping) else value
+        if not isinstance(ref, str):
+            continue
+        found = None
+        if ref.startswith("#") and isinstance(value, Mapping) and current.scoped is not None:
+            found = current.scoped(value)
+        elif current.resolver is not None:
+            found = current.resolver(ref)
+        if found is not None:
+            out.append(found)
+    return out
 
-    @staticmethod
-    def _today(_inputs: list[Any]) -> FP_DateTime:
-        return fhir_date(_session().now)
+
+def _duration(inputs: list[Any], end: list[Any], precision: str) -> list[int]:
+    if len(inputs) != 1 or not end:
+        return []
+    if precision in ("hours", "hour", "minutes", "minute"):
+        start_at, end_at = _parse_instant(inputs[0]), _parse_instant(end[0])
+        if start_at is None or end_at is None:
+            return []
+        seconds = (end_at - start_at).total_seconds()
+        return [int(seconds // (3600 if precision.startswith("hour") else 60))]
+    start_day = _parse_date(getattr(inputs[0], "data", inputs[0]))
+    end_value = end[0]
+    end_day = _parse_date(getattr(end_value, "data", end_value))
+    if start_day is None or end_day is None:
+        return []
+    return [_whole_periods(start_day, end_day, precision)]
+
+
+def _clinical_date(inputs: list[Any]) -> list[str]:
+    out = []
+    for resource in inputs:
+        found = clinical_date(resource)
+        if found:
+            out.append(found)
+    return out
+
+
+def _latest(inputs: list[Any]) -> list[Any]:
+    candidates = [r for r in inputs if isinstance(r, Mapping)]
+    if not candidates:
+        return []
+    best = max(
+        candidates,
+        key=lambda r: (_sort_key(clinical_date(r)), _sort_key(r.get("issued"))),
+    )
+    return [best]
+
+
+def _single(inputs: list[Any]) -> list[Any]:
+    """FHIRPath ``single()``: an error for more than one item (fhirpathpy returns an
+    ``{"$status": "error"}`` object instead, which ``exists()`` then counts as true)."""
+    if len(inputs) > 1:
+        raise ValueError(f"single(): expected at most one item, got {len(inputs)}")
+    return list(inputs)
+
+
+def _trace(_ctx: Any, inputs: list[Any], name: Any = "", projection: Any = None) -> list[Any]:
+    """FHIRPath ``trace(name [, projection])``: the input unchanged. Only the label and the
+    number of items are logged (the items may be patient data)."""
+    shown = projection(inputs) if callable(projection) else inputs
+    log.debug("FHIRPath trace %s: %d item(s)", name, len(shown))
+    return inputs
+
+
+def _now(ctx: Mapping[str, Any], _inputs: list[Any]) -> FP_DateTime:
+    return fhir_datetime(_session(ctx).now)
+
+
+def _today(ctx: Mapping[str, Any], _inputs: list[Any]) -> FP_DateTime:
+    return fhir_date(_session(ctx).now)
+
+
+def _time_of_day(ctx: Mapping[str, Any], _inputs: list[Any]) -> FP_Time:
+    return FP_Time(_session(ctx).now.time().isoformat(timespec="milliseconds"))
+
+
+def _visit(node: Any) -> Any:
+    """fhirpathpy's conversion of a result to plain data (``apply_parsed_path``)."""
+    data = get_data(node)
+    if isinstance(node, list):
+        out = []
+        for item in data:
+            value = _visit(item)
+            if isinstance(value, dict) and list(value.keys()) == ["extension"]:
+                continue
+            out.append(value)
+        return out
+    if isinstance(data, dict) and not isinstance(data, FP_Type):
+        return {key: _visit(value) for key, value in data.items()}
+    return data
 
 
 @dataclass(frozen=True)
 class CompiledExpression:
-    """A parsed FHIRPath expression and the ``%variables`` it reads."""
+    """A compiled FHIRPath expression and the ``%variables`` it reads."""
 
     expression: str
-    fn: Callable[..., list[Any]]
+    fn: Fn
     variables: frozenset[str]
-    typed_fn: Callable[..., list[Any]] | None = None
 
-    def evaluate(self, resource: Any, env: Mapping[str, Any]) -> list[Any]:
-        """Evaluate on ``resource`` with ``env`` as ``%variables`` (inside a ``session``)."""
-        return self.fn(resource if resource is not None else {}, dict(env))
+    def _run(
+        self, resource: Any, env: Mapping[str, Any], session: EvaluationSession | None
+    ) -> list[Any]:
+        resource = resource if resource is not None else {}
+        data_root = resource if isinstance(resource, list) else [resource]
+        variables: dict[str, Any] = {"context": resource, "ucum": "http://unitsofmeasure.org"}
+        variables.update(env)
+        ctx: dict[str, Any] = {
+            "dataRoot": data_root,
+            "vars": variables,
+            "model": R4_MODEL,
+            "session": session,
+        }
+        return self.fn(ctx, data_root)
 
-    def evaluate_typed(self, resource: Any, env: Mapping[str, Any]) -> list[Any]:
+    def evaluate(
+        self, resource: Any, env: Mapping[str, Any], session: EvaluationSession | None = None
+    ) -> list[Any]:
+        """Evaluate on ``resource`` with ``env`` as ``%variables``; ``session`` is the call's
+        clock and data (``now()``, ``resolve()`` need it). The result is plain JSON."""
+        return cast(list[Any], _visit(self._run(resource, env, session)))
+
+    def evaluate_typed(
+        self, resource: Any, env: Mapping[str, Any], session: EvaluationSession | None = None
+    ) -> list[Any]:
         """Like ``evaluate`` but keeps fhirpathpy's typed nodes in the result.
 
         Used for variables: a variable holding FHIR elements (not resources), e.g. the items of
         a QuestionnaireResponse, keeps their types, so ``answer.value.ofType(Coding)`` works
         when another expression reads it. Convert with ``values.to_json`` before output.
         """
-        fn = self.typed_fn or self.fn
-        return fn(resource if resource is not None else {}, dict(env))
+        out = []
+        for item in self._run(resource, env, session):
+            if isinstance(item, ResourceNode) and isinstance(item.data, dict):
+                if list(item.data.keys()) == ["extension"]:
+                    continue
+            out.append(item)
+        return out
 
 
 def as_boolean(result: list[Any]) -> bool | None:

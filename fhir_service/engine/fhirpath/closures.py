@@ -1,0 +1,723 @@
+"""A compiler from fhirpathpy's parse tree to Python closures (our own FHIRPath evaluator).
+
+Why a compiler rather than fhirpathpy's interpreter: fhirpathpy 2.2.4 walks its parse tree on
+every evaluation, dispatching each node through a module-level table, re-merging its function
+registry on every call and operator and unescaping every literal again; the only way to make that
+faster in place was to reassign fhirpathpy's module globals (which changed every user of
+fhirpathpy in the process). Here the tree is walked **once**, at load, into nested closures: node
+kinds, function entries, parameter kinds, literal values and member names are all resolved at
+compile time, and nothing of fhirpathpy is reassigned (``tests/unit/test_fhirpath_pristine.py``).
+
+What is reused from fhirpathpy, through its API: the grammar and parse tree
+(``parse_strict``), the value types (``ResourceNode``, ``FP_DateTime``, ``FP_Quantity``...),
+and the function and operator implementations of ``base_invocation_registry``, called with a
+context dict of the shape fhirpathpy's own functions read (``$this``, ``$index``, ``$total``,
+``vars``, ``model``, ``dataRoot``). Each node closure reproduces the matching fhirpathpy
+evaluator (``fhirpathpy/engine/evaluators``, ``doInvoke``, ``infix_invoke``, ``make_param``),
+including where it leaves ``$this`` in the context, so values are fhirpathpy's.
+
+Deliberate differences (``docs/fhirpath.md``, "Differences from plain fhirpathpy", one table):
+``and``/``or``/``implies`` do not evaluate the right operand when the left decides the result;
+``where``/``exists(criteria)`` evaluate their criteria once per item (fhirpathpy twice for a
+kept item; same value); ``single()``, ``trace()`` and the service's functions come from the
+compiler's table (``FhirPathCompiler``); member nodes carry no ``propName``/``index`` (fhirpathpy
+never reads them for a value).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from fhirpathpy.engine import param_check_table
+from fhirpathpy.engine.invocations import existence, filtering, logic
+from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, ResourceNode, TypeInfo
+
+Ctx = dict[str, Any]
+Tree = Mapping[str, Any]
+#: (context, focus collection) -> result collection
+Fn = Callable[[Ctx, Any], list[Any]]
+#: (context, the caller's focus) -> the value handed to a function (fhirpathpy's make_param)
+Param = Callable[[Ctx, Any], Any]
+
+_MAPPING = Mapping
+
+
+def arraify(x: Any) -> list[Any]:
+    """fhirpathpy's ``util.arraify``."""
+    if isinstance(x, list):
+        return x
+    if x is not None:
+        return [x]
+    return []
+
+
+def _is_nullable(x: Any) -> bool:
+    return x is None or (isinstance(x, list) and not x)
+
+
+def _flatten(items: list[Any]) -> list[Any]:
+    if not any(isinstance(x, list) for x in items):
+        return items
+    out: list[Any] = []
+    for x in items:
+        if isinstance(x, list):
+            out.extend(x)
+        else:
+            out.append(x)
+    return out
+
+
+class CompileError(ValueError):
+    """The parse tree holds a node this compiler does not know (never for valid FHIRPath)."""
+
+
+class TypePaths:
+    """The R4 model's typing of member steps, exactly as fhirpathpy's ``member_invocation``
+    computes it, memoised per (parent type path, key)."""
+
+    def __init__(self, model: Mapping[str, Any] | None) -> None:
+        self.model = model if isinstance(model, dict) else None
+        self._memo: dict[tuple[str | None, str], tuple[str, tuple[str, ...] | None]] = {}
+
+    def child(self, path: str | None, key: str) -> tuple[str, tuple[str, ...] | None]:
+        """(child path before typing, choice suffixes or None)."""
+        memo_key = (path, key)
+        found = self._memo.get(memo_key)
+        if found is not None:
+            return found
+        child_path = f"{path}.{key}" if path else f"_.{key}"
+        choices: tuple[str, ...] | None = None
+        if self.model is not None:
+            child_path = self.model["pathsDefinedElsewhere"].get(child_path, child_path)
+            actual = self.model["choiceTypePaths"].get(child_path)
+            choices = tuple(actual) if actual else None
+        result = (child_path, choices)
+        if len(self._memo) < 20_000:  # type paths come from the data (resourceType)
+            self._memo[memo_key] = result
+        return result
+
+    def typed(self, child_path: str) -> str:
+        if self.model is not None and "path2Type" in self.model:
+            return str(self.model["path2Type"].get(child_path, child_path))
+        return child_path
+
+
+class ClosureCompiler:
+    """Compiles parse trees against one function table (fhirpathpy's plus the service's)."""
+
+    def __init__(self, registry: Mapping[str, Mapping[str, Any]], model: Any) -> None:
+        self.registry = registry
+        self.types = TypePaths(model)
+
+    def compile(self, node: Tree) -> Fn:
+        kind = node.get("type")
+        method = getattr(self, f"_n_{kind}", None)
+        if method is None:
+            raise CompileError(f"No {kind} evaluator")
+        fn: Fn = method(node)
+        return fn
+
+    def _child(self, node: Tree, index: int = 0) -> Fn:
+        return self.compile(node["children"][index])
+
+    # --- pass-through nodes ----------------------------------------------------------------
+
+    def _n_TermExpression(self, node: Tree) -> Fn:  # noqa: N802 - fhirpathpy's node names
+        return self._child(node)
+
+    _n_ParenthesizedTerm = _n_TermExpression
+    _n_InvocationTerm = _n_TermExpression
+
+    def _n_LiteralTerm(self, node: Tree) -> Fn:  # noqa: N802
+        term = node["children"][0]
+        if term:
+            return self.compile(term)
+        text = node["text"]
+        return lambda _ctx, _data: [text]
+
+    # --- literals --------------------------------------------------------------------------
+
+    def _n_NullLiteral(self, _node: Tree) -> Fn:  # noqa: N802
+        return lambda _ctx, _data: []
+
+    def _n_BooleanLiteral(self, node: Tree) -> Fn:  # noqa: N802
+        value = node["text"] == "true"
+        return lambda _ctx, _data: [value]
+
+    def _n_NumberLiteral(self, node: Tree) -> Fn:  # noqa: N802
+        decimal_number = Decimal(node["text"])
+        int_number = int(decimal_number)
+        value: Any = int_number if decimal_number == int_number else decimal_number
+        return lambda _ctx, _data: [value]  # a fresh list: the unary minus writes into it
+
+    def _n_StringLiteral(self, node: Tree) -> Fn:  # noqa: N802
+        value = string_literal(node["text"])
+        return lambda _ctx, _data: [value]
+
+    def _n_QuantityLiteral(self, node: Tree) -> Fn:  # noqa: N802
+        value_node = node["children"][0]
+        number = Decimal(value_node["terminalNodeText"][0])
+        unit_node = value_node["children"][0]
+        unit = None
+        if len(unit_node["terminalNodeText"]) > 0:
+            unit = unit_node["terminalNodeText"][0]
+        elif "children" in unit_node and len(unit_node["children"]) > 0:
+            unit = unit_node["children"][0]["terminalNodeText"][0]
+        return lambda _ctx, _data: [FP_Quantity(number, unit)]
+
+    def _n_DateTimeLiteral(self, node: Tree) -> Fn:  # noqa: N802
+        text = node["text"][1:]
+        return lambda _ctx, _data: [FP_DateTime(text)]
+
+    def _n_TimeLiteral(self, node: Tree) -> Fn:  # noqa: N802
+        text = node["text"][2:]
+        return lambda _ctx, _data: [FP_Time(text)]
+
+    def _n_ExternalConstantTerm(self, node: Tree) -> Fn:  # noqa: N802
+        ext_identifier = node["children"][0]["children"][0]
+        name = identifier(ext_identifier["text"]).replace("`", "")
+
+        def variable(ctx: Ctx, _data: Any) -> list[Any]:
+            variables = ctx["vars"]
+            if name not in variables:
+                raise ValueError(f"Attempting to access an undefined environment variable: {name}")
+            value = variables[name]
+            if value is None:
+                return []
+            if not isinstance(value, list):
+                return [value]
+            return value
+
+        return variable
+
+    # --- invocations -----------------------------------------------------------------------
+
+    def _n_ThisInvocation(self, _node: Tree) -> Fn:  # noqa: N802
+        return lambda ctx, _data: arraify(ctx["$this"])
+
+    def _n_IndexInvocation(self, _node: Tree) -> Fn:  # noqa: N802
+        return lambda ctx, _data: arraify(ctx["$index"])
+
+    def _n_TotalInvocation(self, _node: Tree) -> Fn:  # noqa: N802
+        return lambda ctx, _data: arraify(ctx["$total"])
+
+    def _n_MemberInvocation(self, node: Tree) -> Fn:  # noqa: N802
+        key = identifier(node["children"][0]["text"]).replace("`", "")
+        return member(key, self.types)
+
+    def _n_FunctionInvocation(self, node: Tree) -> Fn:  # noqa: N802
+        functn = node["children"][0]
+        parts = functn["children"]
+        name = identifier(parts[0]["text"])
+        raw_params = None
+        if len(parts) > 1 and "children" in parts[1]:
+            raw_params = parts[1]["children"]
+        return self.invoke(name, raw_params)
+
+    def _n_InvocationExpression(self, node: Tree) -> Fn:  # noqa: N802
+        steps = [self.compile(child) for child in node["children"]]
+        if len(steps) == 2:
+            first, second = steps
+
+            def chain2(ctx: Ctx, data: Any) -> list[Any]:
+                return list(second(ctx, first(ctx, data)))
+
+            return chain2
+
+        def chain(ctx: Ctx, data: Any) -> list[Any]:
+            for step in steps:
+                data = step(ctx, data)
+            return list(data)
+
+        return chain
+
+    def _n_IndexerExpression(self, node: Tree) -> Fn:  # noqa: N802
+        coll_fn, idx_fn = self._child(node, 0), self._child(node, 1)
+
+        def indexer(ctx: Ctx, data: Any) -> list[Any]:
+            coll = coll_fn(ctx, data)
+            idx = idx_fn(ctx, data)
+            if isinstance(idx, list) and not idx:
+                return []
+            number = int(idx[0])
+            if coll is not None and len(coll) > number >= 0:
+                return [coll[number]]
+            return []
+
+        return indexer
+
+    def _n_PolarityExpression(self, node: Tree) -> Fn:  # noqa: N802
+        sign = node["terminalNodeText"][0]
+        operand = self._child(node)
+
+        def polarity(ctx: Ctx, data: Any) -> list[Any]:
+            result = operand(ctx, data)
+            if len(result) != 1:
+                raise ValueError(f"Unary {sign} can only be applied to an individual number.")
+            if not (isinstance(result[0], int | Decimal) and not isinstance(result[0], bool)):
+                raise ValueError(f"Unary {sign} can only be applied to a number.")
+            if sign == "-":
+                result[0] = -result[0]
+            return result
+
+        return polarity
+
+    # --- operators -------------------------------------------------------------------------
+
+    def _n_UnionExpression(self, node: Tree) -> Fn:  # noqa: N802
+        return self.infix("|", node["children"])
+
+    def _operator(self, node: Tree) -> Fn:
+        return self.infix(node["terminalNodeText"][0], node["children"])
+
+    _n_InequalityExpression = _operator
+    _n_AdditiveExpression = _operator
+    _n_MultiplicativeExpression = _operator
+    _n_EqualityExpression = _operator
+    _n_XorExpression = _operator
+
+    def _n_MembershipExpression(self, node: Tree) -> Fn:  # noqa: N802
+        op = node["terminalNodeText"][0]
+        return self.infix({"contains": "containsOp", "in": "inOp"}[op], node["children"])
+
+    def _n_TypeExpression(self, node: Tree) -> Fn:  # noqa: N802
+        op = node["terminalNodeText"][0]
+        return self.infix({"is": "isOp", "as": "asOp"}[op], node["children"])
+
+    def _n_AndExpression(self, node: Tree) -> Fn:  # noqa: N802
+        return self.logic(node)
+
+    _n_OrExpression = _n_AndExpression
+    _n_ImpliesExpression = _n_AndExpression
+
+    def logic(self, node: Tree) -> Fn:
+        """``and``/``or``/``implies`` with the right operand skipped when the left decides
+        (FHIRPath three-valued logic; a deliberate difference: an error in a skipped right
+        operand is not raised). ``xor`` shares the OrExpression node and needs both sides."""
+        op = node["terminalNodeText"][0]
+        if op not in _DECIDED:
+            return self.infix(op, node["children"])
+        operator, deciding, decided = _DECIDED[op]
+        left = self.param(["Boolean"], node["children"][0])
+        right = self.param(["Boolean"], node["children"][1])
+
+        def boolean(ctx: Ctx, data: Any) -> list[Any]:
+            a = left(ctx, data)
+            if a is deciding:
+                ctx["$this"] = data  # as the right operand's evaluation would have set it
+                return [decided]
+            b = right(ctx, data)
+            return arraify(operator(ctx, a, b))
+
+        return boolean
+
+    def infix(self, name: str, raw_params: list[Tree]) -> Fn:
+        """fhirpathpy's ``infix_invoke``."""
+        entry = self.registry.get(name)
+        if entry is None or "fn" not in entry:
+            raise CompileError(f"Not implemented {name}")
+        if len(raw_params) != 2:
+            raise CompileError("Infix invoke should have arity 2")
+        arg_types = entry["arity"][2]
+        fast = self._string_equality(name, entry, raw_params)
+        if fast is not None:
+            return fast
+        left = self.param(arg_types[0], raw_params[0])
+        right = self.param(arg_types[1], raw_params[1])
+        fn = entry["fn"]
+        nullable = "nullable" in entry
+
+        def operator(ctx: Ctx, data: Any) -> list[Any]:
+            a = left(ctx, data)
+            b = right(ctx, data)
+            if nullable and (_is_nullable(a) or _is_nullable(b)):
+                return []
+            return arraify(fn(ctx, a, b))
+
+        return operator
+
+    def _string_equality(
+        self, name: str, entry: Mapping[str, Any], raw_params: list[Tree]
+    ) -> Fn | None:
+        """``path = 'text'``: fhirpathpy's result computed directly when the left value is one
+        plain string (not a Quantity), else fhirpathpy's ``=``."""
+        if name not in ("=", "!=") or entry is not _BASE_ENTRIES.get(name):
+            return None
+        literal = _string_literal_of(raw_params[1])
+        if literal is None:
+            return None
+        left = self.compile(raw_params[0])
+        fn = entry["fn"]
+        negate = name == "!="
+
+        def equality(ctx: Ctx, data: Any) -> list[Any]:
+            ctx["$this"] = data
+            a = left(ctx, data)
+            ctx["$this"] = data
+            if not a:
+                return []
+            item = a[0]
+            if isinstance(item, ResourceNode):
+                value = item.data
+                if type(value) is str and item.path not in _QUANTITY and len(a) == 1:
+                    return [(value == literal) is not negate]
+            elif type(item) is str and len(a) == 1:
+                return [(item == literal) is not negate]
+            return arraify(fn(ctx, a, [literal]))
+
+        return equality
+
+    # --- functions -------------------------------------------------------------------------
+
+    def invoke(self, name: str, raw_params: list[Tree] | None) -> Fn:
+        """fhirpathpy's ``doInvoke`` for one call site."""
+        entry = self.registry.get(name)
+        if entry is None:
+            raise CompileError(f"Not implemented: {name}")
+        fn = entry["fn"]
+        nullable_input = "nullable_input" in entry
+        params_list = raw_params if isinstance(raw_params, list) else []
+
+        if "variadic" in entry:
+            return self._variadic(entry, params_list)
+        if "arity" not in entry:
+            if params_list:
+                return _refuse(f"{name} expects no params", nullable_input)
+
+            def plain(ctx: Ctx, data: Any) -> list[Any]:
+                if nullable_input and _is_nullable(data):
+                    return []
+                return arraify(fn(ctx, arraify(data)))
+
+            return plain
+        count = len(params_list)
+        if count not in entry["arity"]:
+            return _refuse(f"{name} wrong arity: got {count}", nullable_input)
+
+        arg_types = entry["arity"][count]
+        if fn is filtering.where_macro and count == 1:
+            return self._where(self.compile(params_list[0]))
+        if fn is existence.exists_macro and count == 1:
+            where = self._where(self.compile(params_list[0]))
+            return lambda ctx, data: [bool(where(ctx, data))]
+        if fn is filtering.select_macro and count == 1:
+            return self._select(self.compile(params_list[0]))
+        makers = [self.param(arg_types[i], params_list[i]) for i in range(count)]
+        nullable = "nullable" in entry
+
+        def function(ctx: Ctx, data: Any) -> list[Any]:
+            if nullable_input and _is_nullable(data):
+                return []
+            this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+            params = [make(ctx, this) for make in makers]
+            if nullable and (_is_nullable(data) or any(_is_nullable(p) for p in params)):
+                return []
+            return arraify(fn(ctx, data, *params))
+
+        return function
+
+    def _variadic(self, entry: Mapping[str, Any], params_list: list[Tree]) -> Fn:
+        fn = entry["fn"]
+        nullable_input = "nullable_input" in entry
+        makers = [self.param(entry["variadic"], p) for p in params_list]
+
+        def variadic(ctx: Ctx, data: Any) -> list[Any]:
+            if nullable_input and _is_nullable(data):
+                return []
+            this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+            params = [make(ctx, this) for make in makers]
+            return arraify(fn(ctx, arraify(data), *params))
+
+        return variadic
+
+    @staticmethod
+    def _where(criteria: Fn) -> Fn:
+        """``where(criteria)``: each item kept when the criteria's first value is truthy
+        (fhirpathpy's ``where_macro``, the criteria evaluated once per item)."""
+
+        def where(ctx: Ctx, data: Any) -> list[Any]:
+            if not isinstance(data, list):
+                return []
+            kept: list[Any] = []
+            for index, item in enumerate(data):
+                ctx["$index"] = index
+                this = arraify(item)
+                ctx["$this"] = this
+                found = criteria(ctx, this)
+                if len(found) > 0 and found[0]:
+                    kept.append(item)
+            return _flatten(kept)
+
+        return where
+
+    @staticmethod
+    def _select(projection: Fn) -> Fn:
+        def select(ctx: Ctx, data: Any) -> list[Any]:
+            if not isinstance(data, list):
+                return []
+            out: list[Any] = []
+            for index, item in enumerate(data):
+                ctx["$index"] = index
+                this = arraify(item)
+                ctx["$this"] = this
+                out.append(projection(ctx, this))
+            return _flatten(out)
+
+        return select
+
+    def param(self, kind: Any, node: Tree) -> Param:
+        """fhirpathpy's ``make_param`` for one parameter of a call site."""
+        if kind == "Expr":
+            body = self.compile(node)
+
+            def expression(ctx: Ctx, _parent: Any) -> Callable[[Any], list[Any]]:
+                def run(data: Any) -> list[Any]:
+                    this = arraify(data)
+                    ctx["$this"] = this
+                    return body(ctx, this)
+
+                return run
+
+            return expression
+        if kind == "AnyAtRoot":
+            body = self.compile(node)
+
+            def at_root(ctx: Ctx, _parent: Any) -> list[Any]:
+                this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+                ctx["$this"] = this
+                return body(ctx, this)
+
+            return at_root
+        if kind == "Identifier":
+            if node.get("type") == "TermExpression":
+                text = node["text"]
+                return lambda _ctx, _parent: text
+            message = "Expected identifier node, got " + json.dumps(node, default=str)
+
+            def not_identifier(_ctx: Ctx, _parent: Any) -> Any:
+                raise ValueError(message)
+
+            return not_identifier
+        if kind == "TypeSpecifier":
+            type_info = type_specifier(node["text"])
+            return lambda _ctx, _parent: TypeInfo(type_info.name, type_info.namespace)
+        body = self.compile(node)
+        if kind == "Any":
+
+            def any_value(ctx: Ctx, parent: Any) -> list[Any]:
+                ctx["$this"] = parent
+                return body(ctx, parent)
+
+            return any_value
+        return _typed_param(kind, body)
+
+
+class Node(ResourceNode):  # type: ignore[misc]
+    """fhirpathpy's ``ResourceNode`` with a light constructor: ``_data``, ``propName`` and
+    ``index`` are class defaults (fhirpathpy reads ``propName`` only to build more of them for
+    ``children()``, never for a value), so a member step sets two attributes per item."""
+
+    _data = None
+    propName = None  # noqa: N815 - fhirpathpy's attribute name
+    index = None
+
+    def __init__(self, data: Any, path: str | None) -> None:  # noqa: D107
+        self.data = data
+        self.path = path
+
+
+def _node(value: Any, path: str | None) -> Any:
+    """``ResourceNode.create_node(value, path)`` (a resource takes its type as path)."""
+    if type(value) is dict:
+        kind = value.get("resourceType")
+        return Node(value, kind if "resourceType" in value else path)
+    if isinstance(value, ResourceNode):
+        return value
+    if isinstance(value, _MAPPING) and "resourceType" in value:
+        return Node(value, value["resourceType"])
+    return Node(value, path)
+
+
+def _refuse(message: str, nullable_input: bool) -> Fn:
+    """A call fhirpathpy refuses when evaluated (an empty input of a null-tolerant function
+    answers empty first)."""
+
+    def refuse(_ctx: Ctx, data: Any) -> list[Any]:
+        if nullable_input and _is_nullable(data):
+            return []
+        raise ValueError(message)
+
+    return refuse
+
+
+def _typed_param(kind: Any, body: Fn) -> Param:
+    """A singleton parameter checked by fhirpathpy's ``param_check_table``."""
+    optional = isinstance(kind, list)
+    name = kind[0] if optional else kind
+    check = param_check_table.get(name)
+    boolean = name == "Boolean"
+
+    def typed(ctx: Ctx, parent: Any) -> Any:
+        ctx["$this"] = parent
+        result = body(ctx, parent)
+        if not result:
+            return []
+        if boolean and len(result) == 1 and (result[0] is True or result[0] is False):
+            return result[0]  # what check_boolean_param returns
+        if len(result) > 1:
+            raise ValueError(
+                f"Unexpected collection{json.dumps(result, default=str)}; "
+                f"expected singleton of type {name}"
+            )
+        if check is None:
+            raise ValueError(f"Implement me for {name}")
+        return check(result[0])
+
+    return typed
+
+
+class _Member:
+    """``.key`` over a collection (fhirpathpy's ``member_invocation``)."""
+
+    def __init__(self, key: str, types: TypePaths) -> None:
+        self.key = key
+        self.types = types
+        self.capitalized = bool(key) and key[0] == key[0].upper()
+        self.extension_key = "_" + key
+        #: parent type path -> (child path before typing, choice suffixes or None)
+        self.steps: dict[str | None, tuple[str, tuple[str, ...] | None]] = {}
+        self.typed_paths: dict[str, str] = {}
+
+    def __call__(self, _ctx: Ctx, data: Any) -> list[Any]:
+        if not isinstance(data, list):
+            return []
+        if self.capitalized:
+            key = self.key
+            try:
+                filtered = [x for x in data if x["resourceType"] == key]
+                return [x if isinstance(x, ResourceNode) else Node(x, key) for x in filtered]
+            except TypeError:
+                pass
+        out: list[Any] = []
+        for res in data:
+            if not isinstance(res, ResourceNode):
+                res = _node(res, None)
+            self._values(res, out)
+        return out
+
+    def _step(self, parent: str | None) -> tuple[str, tuple[str, ...] | None]:
+        found = self.steps.get(parent)
+        if found is None:
+            found = self.types.child(parent, self.key)
+            if len(self.steps) < 1_000:
+                self.steps[parent] = found
+        return found
+
+    def _values(self, res: Any, out: list[Any]) -> None:
+        key = self.key
+        child_path, choices = self._step(res.path)
+        value = res.data
+        to_add: Any = None
+        to_add_: Any = None
+        if type(value) is dict or isinstance(value, _MAPPING):
+            if choices:
+                for actual in choices:
+                    field = key + actual
+                    to_add = value.get(field)
+                    to_add_ = value.get("_" + field)
+                    if to_add is not None or to_add_ is not None:
+                        child_path += actual
+                        break
+            else:
+                to_add = value.get(key)
+                to_add_ = value.get(self.extension_key)
+                if key == "extension":
+                    child_path = "Extension"
+        else:
+            if isinstance(value, FP_Quantity):
+                to_add = value.value
+            if key == "length":
+                to_add = len(value)
+        if to_add is None and to_add_ is None:
+            return
+        path = self.typed_paths.get(child_path)
+        if path is None:
+            path = self.typed_paths[child_path] = self.types.typed(child_path)
+        for found in (to_add, to_add_):
+            if isinstance(found, list):
+                out.extend(_node(x, path) for x in found)
+            elif found is not None:
+                out.append(_node(found, path))
+
+
+def member(key: str, types: TypePaths) -> Fn:
+    """``.key`` over a collection (fhirpathpy's ``member_invocation``)."""
+    return _Member(key, types)
+
+
+_DECIDED: dict[str, tuple[Callable[[Any, Any, Any], Any], bool, bool]] = {
+    # operator: (fhirpathpy's function, the left value that decides, the decided result)
+    "and": (logic.and_op, False, False),
+    "or": (logic.or_op, True, True),
+    "implies": (logic.implies_op, False, True),
+}
+_QUANTITY = frozenset({"Quantity", "System.Quantity"})
+_BASE_ENTRIES: dict[str, Any] = {}
+
+
+def set_base_entries(entries: Mapping[str, Any]) -> None:
+    """The operator entries the string-equality shortcut recognises (fhirpathpy's own)."""
+    _BASE_ENTRIES.update({k: entries[k] for k in ("=", "!=")})
+
+
+def _unicode(match: re.Match[str]) -> str:
+    return chr(int(match.group(1)[1:], 16))
+
+
+def string_literal(text: str) -> str:
+    """A string literal's value (fhirpathpy's ``string_literal`` unescaping)."""
+    value = re.sub(r"^['\"]|['\"]$", "", text)
+    for escaped, plain in (
+        ("\\'", "'"),
+        ("\\`", "`"),
+        ('\\"', '"'),
+        ("\\r", "\r"),
+        ("\\n", "\n"),
+        ("\\t", "\t"),
+        ("\\f", "\f"),
+        ("\\\\", "\\"),
+    ):
+        value = value.replace(escaped, plain)
+    return re.sub(r"\\(u\d{4})", _unicode, value)
+
+
+def identifier(text: str) -> str:
+    """An identifier's name (fhirpathpy's ``identifier``: outer double quotes removed)."""
+    return re.sub(r"(^\"|\"$)", "", text)
+
+
+def type_specifier(text: str) -> TypeInfo:
+    """fhirpathpy's ``type_specifier``."""
+    parts = text.replace("`", "").split(".")
+    if len(parts) == 2:
+        return TypeInfo(name=parts[1], namespace=parts[0])
+    if len(parts) == 1:
+        return TypeInfo(name=parts[0], namespace=None)
+    raise CompileError(f"Expected TypeSpecifier node, got {text}")
+
+
+def _string_literal_of(node: Tree) -> str | None:
+    """The value of ``node`` when it is a string literal term."""
+    if node.get("type") != "TermExpression" or len(node.get("children") or []) != 1:
+        return None
+    term = node["children"][0]
+    if term.get("type") != "LiteralTerm" or len(term.get("children") or []) != 1:
+        return None
+    literal = term["children"][0]
+    if not literal or literal.get("type") != "StringLiteral":
+        return None
+    return string_literal(literal["text"])
