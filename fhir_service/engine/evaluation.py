@@ -24,8 +24,6 @@ from fhir_service.engine.data import DataSet
 from fhir_service.engine.fhirpath import (
     CompiledExpression,
     EvaluationSession,
-    fhir_date,
-    fhir_datetime,
     quantity,
 )
 from fhir_service.errors import IssueLog
@@ -155,9 +153,9 @@ class Scope:
         if name == "patient":
             return self.patient if self.patient is not None else []
         if name == "now":
-            return fhir_datetime(call.session.now)
+            return call.session.now_value
         if name == "today":
-            return fhir_date(call.session.now)
+            return call.session.today_value
         if name == "draftOrders":
             return call.data.drafts
         if name == "triggers":

@@ -13,7 +13,7 @@ from typing import Any
 
 import fhirpathpy
 
-from fhir_service.engine.fhirpath import R4_MODEL, FhirPathCompiler
+from fhir_service.engine.fhirpath import R4_MODEL, REIMPLEMENTED, FhirPathCompiler
 from fhir_service.engine.values import to_json
 
 
@@ -25,6 +25,8 @@ class PlainArm:
         context = self.context
         table: dict[str, Any] = {}
         for name, entry in compiler.extensions.items():
+            if name in REIMPLEMENTED:
+                continue  # fhirpathpy's own
             fn = entry["fn"]
             table[name] = {
                 **entry,

@@ -41,6 +41,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import cached_property, lru_cache
 from typing import Any, cast
 
 from antlr4 import CommonTokenStream, InputStream, Token  # type: ignore[import-untyped]
@@ -54,7 +55,12 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from fhir_service.engine.fhirpath.closures import ClosureCompiler, Fn, set_base_entries
+from fhir_service.engine.fhirpath.closures import (
+    ClosureCompiler,
+    Fn,
+    Navigation,
+    set_base_entries,
+)
 from fhir_service.engine.terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -81,6 +87,16 @@ class EvaluationSession:
     #: resource that holds that very Reference (identity), not of any resource of the call.
     scoped: Callable[[Mapping[str, Any]], dict[str, Any] | None] | None = None
 
+    @cached_property
+    def now_value(self) -> FP_DateTime:
+        """``now()`` and ``%now`` (FHIRPath values are immutable once built)."""
+        return fhir_datetime(self.now)
+
+    @cached_property
+    def today_value(self) -> FP_DateTime:
+        """``today()`` and ``%today``."""
+        return fhir_date(self.now)
+
 
 def _session(ctx: Mapping[str, Any]) -> EvaluationSession:
     current = ctx.get("session")
@@ -106,7 +122,11 @@ def quantity(value: float | int, unit: str) -> FP_Quantity:
 
 
 def _parse_date(value: Any) -> date | None:
-    text = str(value) if value is not None else ""
+    return _parse_date_text(str(value) if value is not None else "")
+
+
+@lru_cache(maxsize=8192)
+def _parse_date_text(text: str) -> date | None:
     if not text:
         return None
     try:
@@ -275,8 +295,9 @@ class FhirPathCompiler:
 
     def __init__(self, terminology: Terminology | None = None) -> None:
         self.terminology = terminology or Terminology()
+        navigation = Navigation(R4_MODEL)
         own: dict[str, dict[str, Any]] = {
-            "memberOf": {"fn": _plain_inputs(self._member_of), "arity": {1: ["String"]}},
+            "memberOf": {"fn": self._member_of, "arity": {1: ["String"]}},
             "ingredients": {"fn": _plain_inputs(self._ingredients), "arity": {1: ["String"]}},
             "resolve": {"fn": _plain_inputs(_resolve, with_ctx=True), "arity": {0: []}},
             "duration": {"fn": _plain_inputs(_duration), "arity": {2: ["Any", "String"]}},
@@ -287,6 +308,8 @@ class FhirPathCompiler:
             "latest": {"fn": _plain_inputs(_latest), "arity": {0: []}},
             "single": {"fn": _plain_inputs(_single), "arity": {0: []}},
             "trace": {"fn": _trace, "arity": {0: [], 1: ["String"], 2: ["String", "Expr"]}},
+            "children": {"fn": navigation.children_fn},
+            "descendants": {"fn": navigation.descendants_fn},
         }
         #: the service's functions, as fhirpathpy's registry entries (``fn(ctx, inputs, ...)``)
         self.extensions: Mapping[str, Mapping[str, Any]] = own
@@ -324,10 +347,13 @@ class FhirPathCompiler:
     def compiled_count(self) -> int:
         return len(self._cache)
 
-    def _member_of(self, inputs: list[Any], url: str) -> list[bool]:
+    def _member_of(self, _ctx: Any, inputs: list[Any], url: str) -> list[bool]:
         if not inputs:
             return []
-        return [any(self._ingredients_of(value, url) for value in inputs)]
+        for item in inputs:
+            if self._ingredients_of(get_data(item), url):
+                return [True]
+        return [False]
 
     def _ingredients(self, inputs: list[Any], url: str) -> list[str]:
         out: list[str] = []
@@ -353,9 +379,11 @@ class FhirPathCompiler:
         return found
 
 
+#: fhirpathpy functions the service implements again for speed, with the same results (the
+#: differential test compares them with fhirpathpy's own)
+REIMPLEMENTED = frozenset({"children", "descendants"})
 #: distinct (ValueSet, concept) answers kept by ``FhirPathCompiler._ingredients_of``
 MEMBERSHIP_MEMO_SIZE = 100_000
-_CODING_FIELDS = ("system", "code", "display")
 
 
 def _concept_key(value: Any) -> tuple[Any, ...] | None:
@@ -366,17 +394,17 @@ def _concept_key(value: Any) -> tuple[Any, ...] | None:
     key: tuple[Any, ...]
     if "coding" in value or "text" in value:
         codings = value.get("coding") or ()
-        if not isinstance(codings, list | tuple):
+        if type(codings) is not list:
             return None
         key = (
             value.get("text"),
-            *(
-                tuple(c.get(f) for f in _CODING_FIELDS) if type(c) is dict else None
+            *[
+                (c.get("system"), c.get("code"), c.get("display")) if type(c) is dict else None
                 for c in codings
-            ),
+            ],
         )
     else:
-        key = ("", *(value.get(f) for f in _CODING_FIELDS))
+        key = ("", value.get("system"), value.get("code"), value.get("display"))
     try:
         hash(key)
     except TypeError:
@@ -455,11 +483,11 @@ def _trace(_ctx: Any, inputs: list[Any], name: Any = "", projection: Any = None)
 
 
 def _now(ctx: Mapping[str, Any], _inputs: list[Any]) -> FP_DateTime:
-    return fhir_datetime(_session(ctx).now)
+    return _session(ctx).now_value
 
 
 def _today(ctx: Mapping[str, Any], _inputs: list[Any]) -> FP_DateTime:
-    return fhir_date(_session(ctx).now)
+    return _session(ctx).today_value
 
 
 def _time_of_day(ctx: Mapping[str, Any], _inputs: list[Any]) -> FP_Time:

@@ -27,6 +27,7 @@ never reads them for a value).
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -35,6 +36,7 @@ from typing import Any
 from fhirpathpy.engine import param_check_table
 from fhirpathpy.engine.invocations import existence, filtering, logic
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, ResourceNode, TypeInfo
+from fhirpathpy.engine.util import get_data
 
 Ctx = dict[str, Any]
 Tree = Mapping[str, Any]
@@ -48,7 +50,7 @@ _MAPPING = Mapping
 
 def arraify(x: Any) -> list[Any]:
     """fhirpathpy's ``util.arraify``."""
-    if isinstance(x, list):
+    if type(x) is list or isinstance(x, list):
         return x
     if x is not None:
         return [x]
@@ -170,12 +172,12 @@ class ClosureCompiler:
         return lambda _ctx, _data: [FP_Quantity(number, unit)]
 
     def _n_DateTimeLiteral(self, node: Tree) -> Fn:  # noqa: N802
-        text = node["text"][1:]
-        return lambda _ctx, _data: [FP_DateTime(text)]
+        value = FP_DateTime(node["text"][1:])  # immutable once built
+        return lambda _ctx, _data: [value]
 
     def _n_TimeLiteral(self, node: Tree) -> Fn:  # noqa: N802
-        text = node["text"][2:]
-        return lambda _ctx, _data: [FP_Time(text)]
+        value = FP_Time(node["text"][2:])
+        return lambda _ctx, _data: [value]
 
     def _n_ExternalConstantTerm(self, node: Tree) -> Fn:  # noqa: N802
         ext_identifier = node["children"][0]["children"][0]
@@ -330,6 +332,21 @@ class ClosureCompiler:
         right = self.param(arg_types[1], raw_params[1])
         fn = entry["fn"]
         nullable = "nullable" in entry
+        compare = _COMPARISONS.get(name) if entry is _BASE_ENTRIES.get(name) else None
+        if compare is not None:
+
+            def comparison(ctx: Ctx, data: Any) -> list[Any]:
+                a = left(ctx, data)
+                b = right(ctx, data)
+                if not a or not b:
+                    return []
+                if len(a) == 1 and len(b) == 1:
+                    x, y = _number(a[0]), _number(b[0])
+                    if x is not None and y is not None:
+                        return [compare(x, y)]  # what fhirpathpy's typecheck leaves
+                return arraify(fn(ctx, a, b))
+
+            return comparison
 
         def operator(ctx: Ctx, data: Any) -> list[Any]:
             a = left(ctx, data)
@@ -353,9 +370,16 @@ class ClosureCompiler:
         left = self.compile(raw_params[0])
         fn = entry["fn"]
         negate = name == "!="
+        key = _member_key_of(raw_params[0])
+        step = _Member(key, self.types) if key is not None else None
 
         def equality(ctx: Ctx, data: Any) -> list[Any]:
             ctx["$this"] = data
+            if step is not None and len(data) == 1:
+                # ``key = 'text'`` on one JSON object: its member read in place, no nodes
+                found = step.plain_string(data[0])
+                if found is not None:
+                    return [(found == literal) is not negate] if found else []
             a = left(ctx, data)
             ctx["$this"] = data
             if not a:
@@ -513,6 +537,14 @@ class ClosureCompiler:
                 return body(ctx, parent)
 
             return any_value
+        literal = _string_literal_of(node)
+        if literal is not None and kind in ("String", ["String"]):
+
+            def string_param(ctx: Ctx, parent: Any) -> Any:
+                ctx["$this"] = parent
+                return literal  # check_string_param's answer for a string literal
+
+            return string_param
         return _typed_param(kind, body)
 
 
@@ -530,8 +562,13 @@ class Node(ResourceNode):  # type: ignore[misc]
         self.path = path
 
 
+_PLAIN = frozenset({str, int, bool, float})
+
+
 def _node(value: Any, path: str | None) -> Any:
     """``ResourceNode.create_node(value, path)`` (a resource takes its type as path)."""
+    if type(value) in _PLAIN:
+        return Node(value, path)
     if type(value) is dict:
         kind = value.get("resourceType")
         return Node(value, kind if "resourceType" in value else path)
@@ -580,6 +617,23 @@ def _typed_param(kind: Any, body: Fn) -> Param:
     return typed
 
 
+def _add_nodes(out: list[Any], found: Any, path: str) -> None:
+    """``found`` (a JSON value or array) as nodes typed ``path`` (fhirpathpy's ``create_node``)."""
+    if type(found) is list:
+        for x in found:
+            kind = type(x)
+            if kind is dict:
+                out.append(Node(x, x["resourceType"] if "resourceType" in x else path))
+            elif kind in _PLAIN:
+                out.append(Node(x, path))
+            else:
+                out.append(_node(x, path))
+    elif isinstance(found, list):
+        out.extend(_node(x, path) for x in found)
+    else:
+        out.append(_node(found, path))
+
+
 class _Member:
     """``.key`` over a collection (fhirpathpy's ``member_invocation``)."""
 
@@ -604,10 +658,34 @@ class _Member:
                 pass
         out: list[Any] = []
         for res in data:
-            if not isinstance(res, ResourceNode):
+            if type(res) is not Node and not isinstance(res, ResourceNode):
                 res = _node(res, None)
             self._values(res, out)
         return out
+
+    def plain_string(self, item: Any) -> str | None:
+        """The member of ``item`` when fhirpathpy would give exactly one plain string node
+        of a non-Quantity type for it (``""`` when it would give nothing), else None."""
+        if isinstance(item, ResourceNode):
+            value, parent = item.data, item.path
+        elif type(item) is dict:
+            value, parent = item, item.get("resourceType")
+        else:
+            return None
+        if type(value) is not dict or ("_" + self.key) in value or self.key == "extension":
+            return None
+        child_path, choices = self._step(parent)
+        if choices:
+            return None
+        found = value.get(self.key)
+        if found is None or found == []:
+            return ""
+        if type(found) is not str or found == "":
+            return None
+        path = self.typed_paths.get(child_path)
+        if path is None:
+            path = self.typed_paths[child_path] = self.types.typed(child_path)
+        return None if path in _QUANTITY else found
 
     def _step(self, parent: str | None) -> tuple[str, tuple[str, ...] | None]:
         found = self.steps.get(parent)
@@ -619,7 +697,11 @@ class _Member:
 
     def _values(self, res: Any, out: list[Any]) -> None:
         key = self.key
-        child_path, choices = self._step(res.path)
+        parent = res.path
+        step = self.steps.get(parent)
+        if step is None:
+            step = self._step(parent)
+        child_path, choices = step
         value = res.data
         to_add: Any = None
         to_add_: Any = None
@@ -647,11 +729,72 @@ class _Member:
         path = self.typed_paths.get(child_path)
         if path is None:
             path = self.typed_paths[child_path] = self.types.typed(child_path)
-        for found in (to_add, to_add_):
-            if isinstance(found, list):
-                out.extend(_node(x, path) for x in found)
-            elif found is not None:
-                out.append(_node(found, path))
+        if to_add is not None:
+            _add_nodes(out, to_add, path)
+        if to_add_ is not None:
+            _add_nodes(out, to_add_, path)
+
+
+class Navigation:
+    """FHIRPath ``children()`` and ``descendants()`` (fhirpathpy's ``navigation`` module, with the
+    type path of each child memoised and no ``propName`` bookkeeping)."""
+
+    def __init__(self, model: Mapping[str, Any] | None) -> None:
+        self.model = model if isinstance(model, dict) else None
+        self._paths: dict[tuple[str | None, str], str] = {}
+
+    def _child_path(self, parent: str | None, prop: str) -> str:
+        found = self._paths.get((parent, prop))
+        if found is not None:
+            return found
+        child_path = "" if parent is None else parent + "." + prop
+        if prop == "extension":
+            child_path = "Extension"
+        model = self.model
+        if model is not None:
+            elsewhere = model.get("pathsDefinedElsewhere")
+            if elsewhere is not None and child_path in elsewhere:
+                child_path = elsewhere[child_path]
+            if "path2Type" in model:
+                child_path = model["path2Type"].get(child_path, child_path)
+        if prop.lower().endswith(child_path.lower()) and len(prop) > len(child_path):
+            # fhirpathpy looks the choice up here (for a path name only); it fails the same
+            # way on a node without a type path or without a model
+            alternative = parent + "." + prop[: -len(child_path)]  # type: ignore[operator]
+            self.model["choiceTypePaths"].get(alternative, [])  # type: ignore[index]
+        if len(self._paths) < 20_000:
+            self._paths[(parent, prop)] = child_path
+        return child_path
+
+    def children(self, coll: list[Any], exclude_primitive_extensions: bool) -> list[Any]:
+        out: list[Any] = []
+        for res in coll:
+            data = get_data(res)
+            node = res if isinstance(res, ResourceNode) else ResourceNode(res, None)
+            if isinstance(data, list):
+                data = dict(enumerate(data))
+            if not isinstance(data, _MAPPING):
+                continue
+            for prop, value in data.items():
+                if exclude_primitive_extensions and prop.startswith("_"):
+                    continue
+                path = self._child_path(node.path, prop)
+                if isinstance(value, list):
+                    out.extend(_node(x, path) for x in value)
+                else:
+                    out.append(_node(value, path))
+        return out
+
+    def children_fn(self, _ctx: Ctx, coll: list[Any]) -> list[Any]:
+        return self.children(coll, True)
+
+    def descendants_fn(self, _ctx: Ctx, coll: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        found = self.children(coll, False)
+        while found:
+            out.extend(found)
+            found = self.children(found, False)
+        return out
 
 
 def member(key: str, types: TypePaths) -> Fn:
@@ -669,9 +812,27 @@ _QUANTITY = frozenset({"Quantity", "System.Quantity"})
 _BASE_ENTRIES: dict[str, Any] = {}
 
 
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+
+
+def _number(value: Any) -> int | Decimal | None:
+    """A plain integer or decimal (as fhirpathpy's ``get_data`` gives it), else None."""
+    if isinstance(value, ResourceNode):
+        value = value.data
+        if type(value) is float:
+            return Decimal(str(value))
+    kind = type(value)
+    return value if kind is int or kind is Decimal else None
+
+
 def set_base_entries(entries: Mapping[str, Any]) -> None:
-    """The operator entries the string-equality shortcut recognises (fhirpathpy's own)."""
-    _BASE_ENTRIES.update({k: entries[k] for k in ("=", "!=")})
+    """The operator entries the shortcuts recognise (fhirpathpy's own)."""
+    _BASE_ENTRIES.update({k: entries[k] for k in ("=", "!=", *_COMPARISONS)})
 
 
 def _unicode(match: re.Match[str]) -> str:
@@ -708,6 +869,22 @@ def type_specifier(text: str) -> TypeInfo:
     if len(parts) == 1:
         return TypeInfo(name=parts[0], namespace=None)
     raise CompileError(f"Expected TypeSpecifier node, got {text}")
+
+
+def _member_key_of(node: Tree) -> str | None:
+    """The name of a lone lower-case member step (``code`` in ``code = 'x'``), else None."""
+    if node.get("type") != "TermExpression" or len(node.get("children") or []) != 1:
+        return None
+    term = node["children"][0]
+    if term.get("type") != "InvocationTerm" or len(term.get("children") or []) != 1:
+        return None
+    invocation = term["children"][0]
+    if invocation.get("type") != "MemberInvocation":
+        return None
+    key = identifier(invocation["children"][0]["text"]).replace("`", "")
+    if not key or not key[0].isalpha() or key[0] != key[0].lower() or key == "length":
+        return None
+    return key
 
 
 def _string_literal_of(node: Tree) -> str | None:
