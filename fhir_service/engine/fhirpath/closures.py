@@ -411,13 +411,9 @@ class ClosureCompiler:
         if "arity" not in entry:
             if params_list:
                 return _refuse(f"{name} expects no params", nullable_input)
-
-            def plain(ctx: Ctx, data: Any) -> list[Any]:
-                if nullable_input and _is_nullable(data):
-                    return []
-                return arraify(fn(ctx, arraify(data)))
-
-            return plain
+            return _no_params(fn, nullable_input)
+        if getattr(fn, "__name__", "") == "trace_fn":
+            params_list = params_list[:1]  # fhirpathpy's trace drops a projection argument
         count = len(params_list)
         if count not in entry["arity"]:
             return _refuse(f"{name} wrong arity: got {count}", nullable_input)
@@ -430,8 +426,10 @@ class ClosureCompiler:
             return lambda ctx, data: [bool(where(ctx, data))]
         if fn is filtering.select_macro and count == 1:
             return self._select(self.compile(params_list[0]))
-        makers = [self.param(arg_types[i], params_list[i]) for i in range(count)]
         nullable = "nullable" in entry
+        if count == 0:
+            return _no_arguments(fn, nullable_input or nullable)
+        makers = [self.param(arg_types[i], params_list[i]) for i in range(count)]
 
         def function(ctx: Ctx, data: Any) -> list[Any]:
             if nullable_input and _is_nullable(data):
@@ -469,7 +467,7 @@ class ClosureCompiler:
             kept: list[Any] = []
             for index, item in enumerate(data):
                 ctx["$index"] = index
-                this = arraify(item)
+                this = [item] if type(item) is Node else arraify(item)
                 ctx["$this"] = this
                 found = criteria(ctx, this)
                 if len(found) > 0 and found[0]:
@@ -577,6 +575,33 @@ def _node(value: Any, path: str | None) -> Any:
     if isinstance(value, _MAPPING) and "resourceType" in value:
         return Node(value, value["resourceType"])
     return Node(value, path)
+
+
+def _no_params(fn: Callable[..., Any], nullable_input: bool) -> Fn:
+    """A function of fhirpathpy's table declared without parameters (``empty()``, ``first()``...):
+    called on the input as a collection."""
+    if fn is existence.empty_fn:
+        return lambda _ctx, data: [not arraify(data)]
+
+    def plain(ctx: Ctx, data: Any) -> list[Any]:
+        if nullable_input and _is_nullable(data):
+            return []
+        return arraify(fn(ctx, arraify(data)))
+
+    return plain
+
+
+def _no_arguments(fn: Callable[..., Any], nullable: bool) -> Fn:
+    """A call with no arguments of a function that takes some (``exists()``, ``today()``...)."""
+    if fn is existence.exists_macro:
+        return lambda _ctx, data: [not (isinstance(data, list) and not data)]
+
+    def function0(ctx: Ctx, data: Any) -> list[Any]:
+        if nullable and _is_nullable(data):
+            return []
+        return arraify(fn(ctx, data))
+
+    return function0
 
 
 def _refuse(message: str, nullable_input: bool) -> Fn:
