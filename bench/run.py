@@ -144,8 +144,15 @@ def start_servers(
         "FHIR_SERVICE_DATABASE_URL": f"sqlite:///{work / 'jwt2.db'}",
     }
     servers[TWO_WORKERS] = workers
-    for server in servers.values():
-        server.start()
+    started: list[Server] = []
+    try:
+        for server in servers.values():
+            server.start(timeout=60.0 * server.workers)
+            started.append(server)
+    except Exception:
+        for server in started:  # never leave a server of ours behind
+            server.stop()
+        raise
     return servers
 
 

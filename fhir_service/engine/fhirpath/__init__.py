@@ -178,7 +178,18 @@ def clinical_date(resource: Any) -> str | None:
     return None
 
 
-def _sort_key(text: str | None) -> datetime:
+def _sort_key(text: Any) -> datetime:
+    if isinstance(text, str):
+        return _sort_key_text(text)
+    return _sort_key_text(None) if not text else _sort_key_uncached(text)
+
+
+@lru_cache(maxsize=8192)
+def _sort_key_text(text: str | None) -> datetime:
+    return _sort_key_uncached(text)
+
+
+def _sort_key_uncached(text: Any) -> datetime:
     if not text:
         return datetime.min.replace(tzinfo=UTC)
     parsed = _parse_instant(text)
