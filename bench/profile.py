@@ -25,7 +25,6 @@ import orjson
 from fhir_service.cds.invoke import build_call_data, evaluate_service, parse_hook_call
 from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
 from fhir_service.engine.evaluation import CallInput
-from fhir_service.engine.fhirpath import session
 from fhir_service.errors import IssueLog
 from fhir_service.runtime import Runtime, build_runtime
 from fhir_service.settings import Settings
@@ -99,17 +98,16 @@ def per_rule(runtime: Runtime, service_id: str, raw: bytes) -> list[tuple[str, f
     now = runtime.now()
     scope = runtime.engine.new_scope(CallInput(data, now, call.patient_id, None), IssueLog())
     out = []
-    with session(now, data.resolve):
-        for rule in service.rules:
-            start = time.thread_time()
-            runtime.engine.apply(
-                rule.resource,
-                scope,
-                f"Patient/{call.patient_id}",
-                runtime.new_id,
-                hook=service.hook,
-            )
-            out.append((str(rule.resource.get("id")), (time.thread_time() - start) * 1000))
+    for rule in service.rules:
+        start = time.thread_time()
+        runtime.engine.apply(
+            rule.resource,
+            scope,
+            f"Patient/{call.patient_id}",
+            runtime.new_id,
+            hook=service.hook,
+        )
+        out.append((str(rule.resource.get("id")), (time.thread_time() - start) * 1000))
     return out
 
 

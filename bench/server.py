@@ -1,4 +1,4 @@
-"""uvicorn on a free loopback port, one worker, optionally pinned to one CPU core.
+"""uvicorn on a free loopback port, one worker (or ``workers``), optionally pinned to one CPU core.
 
 The process is started by the benchmark and stopped by it (by its pid, never by name). Its
 stderr (the service's JSON log) goes to a file so that the run can check it afterwards.
@@ -53,6 +53,34 @@ def cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000.0 / _TICK
 
 
+def children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (``/proc/<pid>/task/*/children``)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text(encoding="ascii")
+            out += [int(x) for x in text.split()]
+    return out
+
+
+def workers_of(pid: int) -> list[int]:
+    """uvicorn's worker processes under ``pid`` (multiprocessing ``spawn_main`` children; its
+    resource tracker is left out)."""
+    out = []
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(child)
+    return out
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_ms(pid)
+    except OSError:
+        return 0.0
+
+
 @dataclass
 class Server:
     """A uvicorn process serving ``target`` (``module:app``) with ``env`` added."""
@@ -62,6 +90,7 @@ class Server:
     env: dict[str, str]
     log_path: Path
     cpu: int | None = None
+    workers: int = 1
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -81,7 +110,7 @@ class Server:
             "--port",
             str(self.port),
             "--workers",
-            "1",
+            str(self.workers),
             "--no-access-log",
         ]
         cpu = self.cpu
@@ -112,11 +141,27 @@ class Server:
         self.stop()
         raise RuntimeError(f"{self.name} did not become healthy in {timeout} s")
 
+    def pids(self) -> list[int]:
+        """The server's processes: uvicorn itself, and its worker processes when it has
+        several (uvicorn's supervisor then only waits; the workers serve)."""
+        if self.process is None:
+            return []
+        return [self.process.pid, *children(self.process.pid)]
+
     def cpu_ms(self) -> float:
-        return cpu_ms(self.process.pid) if self.process else 0.0
+        return sum(_cpu_or_zero(pid) for pid in self.pids())
 
     def memory(self) -> dict[str, int]:
-        return rss_kib(self.process.pid) if self.process else {}
+        """RSS of the serving process (of each worker, as ``worker<n>``, when several)."""
+        if self.process is None:
+            return {}
+        if self.workers == 1:
+            return rss_kib(self.process.pid)
+        out: dict[str, int] = {}
+        for n, pid in enumerate(workers_of(self.process.pid), start=1):
+            for key, value in rss_kib(pid).items():
+                out[f"worker{n}_{key}"] = value
+        return out
 
     def stop(self) -> None:
         if self.process is None:

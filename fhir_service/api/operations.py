@@ -33,7 +33,6 @@ from fhir_service.engine.activity_definition import apply_activity, has_element
 from fhir_service.engine.care_plan import CQF_MESSAGES, care_plan
 from fhir_service.engine.data import NON_R4_TYPES, build_data_set
 from fhir_service.engine.evaluation import CallInput, check_parameter_value, parameter_value
-from fhir_service.engine.fhirpath import session
 from fhir_service.errors import (
     InvalidRequest,
     IssueLog,
@@ -176,8 +175,7 @@ def _apply_plan(runtime: Runtime, plan: Artifact, inputs: ApplyInputs) -> dict[s
     call = _call(runtime, inputs)
     issues = IssueLog()
     scope = runtime.engine.new_scope(call, issues)
-    with session(call.now, call.data.resolve, call.data.resolve_scoped):
-        result = runtime.engine.apply(plan.resource, scope, inputs.subject, runtime.new_id)
+    result = runtime.engine.apply(plan.resource, scope, inputs.subject, runtime.new_id)
     result.issues.issues[:] = issues.issues
     return care_plan(
         result,
@@ -222,15 +220,14 @@ def _apply_activity(runtime: Runtime, ad: Artifact, inputs: ApplyInputs) -> dict
     call = _call(runtime, inputs)
     issues = IssueLog()
     scope = runtime.engine.new_scope(call, issues)
-    with session(call.now, call.data.resolve, call.data.resolve_scoped):
-        resource = apply_activity(
-            ad.resource,
-            inputs.subject,
-            scope,
-            runtime.engine.compiler,
-            runtime.new_id,
-            f"ActivityDefinition/{ad.id}",
-        )
+    resource = apply_activity(
+        ad.resource,
+        inputs.subject,
+        scope,
+        runtime.engine.compiler,
+        runtime.new_id,
+        f"ActivityDefinition/{ad.id}",
+    )
     if inputs.encounter and has_element(resource["resourceType"], "encounter"):
         resource.setdefault("encounter", {"reference": inputs.encounter})
     if issues:  # as in the CarePlan: a contained OperationOutcome named by cqf-messages

@@ -37,7 +37,6 @@ from fhir_service.engine.data import (
     reference_of,
 )
 from fhir_service.engine.evaluation import CallInput
-from fhir_service.engine.fhirpath import session
 from fhir_service.errors import InvalidRequest, IssueLog, PayloadTooLarge
 from fhir_service.knowledge.services import CdsService
 from fhir_service.observability import tracing
@@ -212,7 +211,7 @@ def evaluate_service(
     cards: list[dict[str, Any]] = []
     drafts = frozenset(ref for d in data.drafts if (ref := reference_of(d)) is not None)
     card_uuids = call_uuids(service.id, call.hook_instance)
-    with tracing.span("cds.evaluate"), session(now, data.resolve, data.resolve_scoped):
+    with tracing.span("cds.evaluate"):
         for rule in service.rules:
             with tracing.span("cds.rule", {"cds.rule.id": rule.id}):
                 result = runtime.engine.apply(

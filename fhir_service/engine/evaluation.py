@@ -17,10 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from fhir_service.engine.data import DataSet
-from fhir_service.engine.fhirpath import CompiledExpression, fhir_date, fhir_datetime, quantity
+from fhir_service.engine.fhirpath import (
+    CompiledExpression,
+    EvaluationSession,
+    quantity,
+)
 from fhir_service.errors import IssueLog
 
 UNIT_WORDS = {"a": "years", "mo": "months", "wk": "weeks", "d": "days", "h": "hours"}
@@ -84,13 +89,22 @@ class VariableDef:
 
 @dataclass
 class CallInput:
-    """What a call evaluates over."""
+    """What a call evaluates over: its data and its one clock.
+
+    ``session`` is the only way the call's expressions are evaluated (``Scope.evaluate``):
+    ``now()``/``today()`` inside FHIRPath and the engine's ``%now``/``%today`` read the same
+    instant, and ``resolve()`` reads this call's data.
+    """
 
     data: DataSet
     now: datetime
     patient_id: str | None = None
     triggers: list[dict[str, Any]] | None = None  # None: every draft triggers
     parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def session(self) -> EvaluationSession:
+        return EvaluationSession(self.now, self.data.resolve, self.data.resolve_scoped)
 
 
 class Scope:
@@ -139,9 +153,9 @@ class Scope:
         if name == "patient":
             return self.patient if self.patient is not None else []
         if name == "now":
-            return fhir_datetime(call.now)
+            return call.session.now_value
         if name == "today":
-            return fhir_date(call.now)
+            return call.session.today_value
         if name == "draftOrders":
             return call.data.drafts
         if name == "triggers":
@@ -171,7 +185,7 @@ class Scope:
         """
         try:
             run = expression.evaluate_typed if typed else expression.evaluate
-            return run(self.patient or {}, self.env(expression))
+            return run(self.patient or {}, self.env(expression), self.call.session)
         except Exception as exc:  # fhirpathpy raises assorted types; never fail the call
             self.issues.error(
                 f"expression failed: {type(exc).__name__}", source, details=str(exc)[:500]

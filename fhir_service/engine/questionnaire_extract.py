@@ -45,7 +45,7 @@ from typing import Any
 from fhirpathpy.engine.nodes import ResourceNode
 
 from fhir_service import fhir
-from fhir_service.engine.fhirpath import FhirPathCompiler, session
+from fhir_service.engine.fhirpath import EvaluationSession, FhirPathCompiler
 from fhir_service.engine.questionnaire_populate import fhir_instant, to_json
 from fhir_service.engine.questionnaire_response import (
     Enablement,
@@ -291,7 +291,8 @@ class _TemplateFiller:
         env = {"resource": self.work.qr, "questionnaire": self.work.questionnaire}
         try:
             compiled = self.work.compiler.compile(expression)
-            return [to_json(v) for v in compiled.evaluate(focus, env)]
+            session = EvaluationSession(self.work.now)
+            return [to_json(v) for v in compiled.evaluate(focus, env, session)]
         except Exception as exc:  # a template problem becomes an issue, never an error
             self.work.issues.append(
                 Issue("error", "processing", f"{expression!r} failed: {exc}", (self.location,))
@@ -416,10 +417,9 @@ def extract_with_issues(
     )
     root_observe = _flag(questionnaire, OBSERVATION_EXTRACT_URL) is True
     root_category = [e["valueCodeableConcept"] for e in _extensions(questionnaire, CATEGORY_URL)]
-    with session(now=now):
-        work.walk(questionnaire.get("item"), "Questionnaire", root_observe, root_category)
-        for ext in _extensions(questionnaire, TEMPLATE_EXTRACT_URL):
-            work.template(ext, qr, "QuestionnaireResponse", "Questionnaire")
+    work.walk(questionnaire.get("item"), "Questionnaire", root_observe, root_category)
+    for ext in _extensions(questionnaire, TEMPLATE_EXTRACT_URL):
+        work.template(ext, qr, "QuestionnaireResponse", "Questionnaire")
     for issue in work.issues:
         log.info("extraction issue: %s", issue.diagnostics)
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": work.entries}

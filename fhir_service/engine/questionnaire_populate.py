@@ -40,7 +40,11 @@ from typing import Any
 from fhirpathpy.engine.nodes import FP_Quantity, FP_TimeBase
 
 from fhir_service import fhir
-from fhir_service.engine.fhirpath import CompiledExpression, FhirPathCompiler, session
+from fhir_service.engine.fhirpath import (
+    CompiledExpression,
+    EvaluationSession,
+    FhirPathCompiler,
+)
 from fhir_service.engine.questionnaire_response import (
     Enablement,
     answer_problems,
@@ -351,13 +355,14 @@ class _Population:
     questionnaire: Mapping[str, Any]
     compiled: CompiledQuestionnaire
     issues: list[Issue]
+    session: EvaluationSession
     answers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def evaluate(
         self, expr: CompiledExpression, env: dict[str, Any], location: str, what: str
     ) -> list[Any] | None:
         try:
-            return expr.evaluate(env["resource"], env)
+            return expr.evaluate(env["resource"], env, self.session)
         except Exception as exc:  # a data problem becomes an issue, never an error
             self.issues.append(Issue("error", "processing", f"{what} failed: {exc}", (location,)))
             log.info("population expression failed", extra={"location": location})
@@ -500,10 +505,9 @@ def populate(
         ]
     for type_name in compiled.data_types:
         env[type_name] = [r for r in data if r.get("resourceType") == type_name]
-    work = _Population(questionnaire, compiled, issues)
-    with session(now=now, resolver=_resolver(data)):
-        work.bind(compiled.variables, env)
-        work.walk(questionnaire.get("item"), env)
+    work = _Population(questionnaire, compiled, issues, EvaluationSession(now, _resolver(data)))
+    work.bind(compiled.variables, env)
+    work.walk(questionnaire.get("item"), env)
     enablement = Enablement(index_questionnaire(questionnaire), work.answers)
     answers = {k: v for k, v in work.answers.items() if enablement.enabled(k)}
     for link_id in sorted(set(work.answers) - set(answers)):

@@ -23,7 +23,6 @@ from fhir_service.cds.invoke import (
     triggering_drafts,
 )
 from fhir_service.engine.evaluation import CallInput
-from fhir_service.engine.fhirpath import session
 from fhir_service.engine.values import to_json
 from fhir_service.errors import IssueLog
 from fhir_service.runtime import build_runtime
@@ -49,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     scope = runtime.engine.new_scope(
         CallInput(data, now, call.patient_id, triggering_drafts(call, data)), issues
     )
-    with session(now, data.resolve, data.resolve_scoped):
-        for name in args.variables:
-            print(f"%{name} = {json.dumps(to_json(scope.get(name)), default=str)[:2000]}")
+    for name in args.variables:
+        print(f"%{name} = {json.dumps(to_json(scope.get(name)), default=str)[:2000]}")
     cards = evaluate_service(runtime, service, call, data)
     print(json.dumps({"cards": cards}, indent=2, ensure_ascii=False))
     for issue in issues.issues:

@@ -34,7 +34,12 @@ import pytest
 import yaml
 
 from fhir_service.engine.data import build_data_set
-from fhir_service.engine.fhirpath import FhirPathCompiler, fhir_date, fhir_datetime, session
+from fhir_service.engine.fhirpath import (
+    EvaluationSession,
+    FhirPathCompiler,
+    fhir_date,
+    fhir_datetime,
+)
 from fhir_service.engine.terminology import Terminology
 from fhir_service.engine.values import to_json
 
@@ -65,8 +70,8 @@ def evaluate(case: dict[str, Any]) -> list[Any]:
     env.update(case.get("variables") or {})
     data = build_data_set([resource] + [v for v in env.values() if isinstance(v, dict | list)])
     compiled = compiler().compile(case["expression"])
-    with session(now, data.resolve):
-        return [to_json(v) for v in compiled.evaluate(resource, env)]
+    session = EvaluationSession(now, data.resolve, data.resolve_scoped)
+    return [to_json(v) for v in compiled.evaluate(resource, env, session)]
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:

@@ -24,7 +24,7 @@ from fhir_service.engine.evaluation import (
     check_parameter_value,
     parameter_value,
 )
-from fhir_service.engine.fhirpath import FhirPathCompiler, session
+from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.values import is_simple_path, result_value, set_path, to_json
 from fhir_service.errors import IssueLog
 from fhir_service.fhir import validate_resource
@@ -59,10 +59,9 @@ def activity(kind: str, **extra: Any) -> dict[str, Any]:
 
 def build(ad: dict[str, Any], in_scope: Scope | None = None) -> dict[str, Any]:
     in_scope = in_scope or scope()
-    with session(NOW):
-        return apply_activity(
-            ad, "Patient/p1", in_scope, FhirPathCompiler(), ids(), "ActivityDefinition/ad-x"
-        )
+    return apply_activity(
+        ad, "Patient/p1", in_scope, FhirPathCompiler(), ids(), "ActivityDefinition/ad-x"
+    )
 
 
 def dv(path: str, expression: str, language: str = "text/fhirpath") -> dict[str, Any]:
@@ -231,14 +230,13 @@ def test_failures_are_issues_and_the_rest_applies() -> None:
 def test_apply_dynamic_values_reads_library_parameters() -> None:
     target: dict[str, Any] = {}
     in_scope = scope(P_X=14)
-    with session(NOW):
-        apply_dynamic_values(
-            target,
-            [dv("dispenseRequest.expectedSupplyDuration.value", "%P_X")],
-            in_scope,
-            FhirPathCompiler(),
-            "test",
-        )
+    apply_dynamic_values(
+        target,
+        [dv("dispenseRequest.expectedSupplyDuration.value", "%P_X")],
+        in_scope,
+        FhirPathCompiler(),
+        "test",
+    )
     assert target == {"dispenseRequest": {"expectedSupplyDuration": {"value": 14}}}
 
 

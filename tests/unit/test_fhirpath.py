@@ -17,11 +17,11 @@ from fhirpathpy.parser import parse as fhirpathpy_parse
 
 import fhir_service.engine.fhirpath as fhirpath_module
 from fhir_service.engine.fhirpath import (
+    EvaluationSession,
     FhirPathCompiler,
     as_boolean,
     clinical_date,
     parse_strict,
-    session,
 )
 from fhir_service.engine.values import to_json
 from tests.conftest import DEFAULT_NOW, make_app
@@ -30,8 +30,8 @@ NOW = DEFAULT_NOW
 
 
 def run(compiler: FhirPathCompiler, expression: str, resource: Any = None, **env: Any) -> Any:
-    with session(NOW):
-        return [to_json(v) for v in compiler.compile(expression).evaluate(resource, env)]
+    compiled = compiler.compile(expression)
+    return [to_json(v) for v in compiled.evaluate(resource, env, EvaluationSession(NOW))]
 
 
 # --- compile once -------------------------------------------------------------------------
@@ -59,9 +59,8 @@ def test_evaluating_does_not_compile(monkeypatch: pytest.MonkeyPatch) -> None:
         return original(expression)
 
     monkeypatch.setattr(fhirpath_module, "parse_strict", counting)
-    with session(NOW):
-        for n in range(20):
-            assert compiled.evaluate({}, {"xs": list(range(n))}) == [max(0, n - 2)]
+    for n in range(20):
+        assert compiled.evaluate({}, {"xs": list(range(n))}) == [max(0, n - 2)]
     compiler.compile("%xs.where($this > 1).count()")
     assert parses == []
 
@@ -143,16 +142,28 @@ def test_unknown_functions_and_wrong_arity_are_refused(expression: str, message:
 
 def test_now_and_today_need_a_session() -> None:
     compiled = FhirPathCompiler().compile("today()")
-    with pytest.raises(RuntimeError, match="outside an evaluation session"):
+    with pytest.raises(RuntimeError, match="without an evaluation session"):
         compiled.evaluate({}, {})
 
 
-def test_sessions_nest_and_restore() -> None:
+def test_each_evaluation_reads_its_own_session() -> None:
     compiled = FhirPathCompiler().compile("today()")
-    with session(datetime(2020, 1, 1, tzinfo=UTC)):
-        with session(datetime(2021, 6, 1, tzinfo=UTC)):
-            assert [str(v) for v in compiled.evaluate({}, {})] == ["2021-06-01"]
-        assert [str(v) for v in compiled.evaluate({}, {})] == ["2020-01-01"]
+    first = EvaluationSession(datetime(2020, 1, 1, tzinfo=UTC))
+    second = EvaluationSession(datetime(2021, 6, 1, tzinfo=UTC))
+    assert [str(v) for v in compiled.evaluate({}, {}, second)] == ["2021-06-01"]
+    assert [str(v) for v in compiled.evaluate({}, {}, first)] == ["2020-01-01"]
+
+
+def test_now_and_percent_now_are_one_clock() -> None:
+    """FHIRPath ``now()`` and the engine's ``%now`` read the call's one instant."""
+    from fhir_service.engine.data import DataSet
+    from fhir_service.engine.evaluation import CallInput, Scope
+    from fhir_service.errors import IssueLog
+
+    call = CallInput(DataSet(), datetime(2024, 2, 29, 8, 30, tzinfo=UTC))
+    scope = Scope(call, {}, {}, IssueLog())
+    compiled = FhirPathCompiler().compile("now() = %now and today() = %today")
+    assert scope.evaluate(compiled, "test") == [True]
 
 
 def test_each_thread_sees_its_own_clock() -> None:
@@ -161,12 +172,12 @@ def test_each_thread_sees_its_own_clock() -> None:
     barrier = threading.Barrier(4)
 
     def worker(n: int) -> None:
-        with session(NOW + timedelta(days=n)):
-            barrier.wait()
-            out = []
-            for _ in range(20):
-                out += [str(v) for v in compiled.evaluate({}, {})]
-            results[n] = out
+        current = EvaluationSession(NOW + timedelta(days=n))
+        barrier.wait()
+        out = []
+        for _ in range(20):
+            out += [str(v) for v in compiled.evaluate({}, {}, current)]
+        results[n] = out
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for thread in threads:
@@ -179,11 +190,10 @@ def test_each_thread_sees_its_own_clock() -> None:
 
 
 def test_the_wall_clock_is_never_read() -> None:
-    long_ago = datetime(1999, 12, 31, 23, 0, tzinfo=UTC)
-    with session(long_ago):
-        assert [str(v) for v in FhirPathCompiler().compile("today()").evaluate({}, {})] == [
-            "1999-12-31"
-        ]
+    long_ago = EvaluationSession(datetime(1999, 12, 31, 23, 0, tzinfo=UTC))
+    for expression, expected in (("today()", "1999-12-31"), ("timeOfDay()", "23:00:00")):
+        compiled = FhirPathCompiler().compile(expression)
+        assert [str(v) for v in compiled.evaluate({}, {}, long_ago)] == [expected]
 
 
 # --- helpers --------------------------------------------------------------------------------

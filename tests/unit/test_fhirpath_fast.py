@@ -1,8 +1,11 @@
-"""The fhirpathpy speed-ups (``fhirpath_fast``) give fhirpathpy's own results.
+"""The service's compiled FHIRPath (``fhirpath.closures``) gives plain fhirpathpy's results.
 
-Each expression runs twice on the same data: with the service's fast internals, and with
-fhirpathpy's original functions restored (``original_fhirpathpy``). Results (typed and
-plain), and failures, must be the same.
+Each expression runs twice on the same data: compiled into the service's closures, and with
+``fhirpathpy.compile`` (``tests/fhirpath/plain.py``: its own interpreter, the service's
+functions given as a user table). Results (typed and plain), and failures, must be the same.
+The shapes below are the ones the closures handle specially (string equality, ``where``,
+``exists(criteria)``, member steps over choice types and primitive extensions, typed
+variables) and where they must fall back to fhirpathpy's functions.
 """
 
 from __future__ import annotations
@@ -10,16 +13,22 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from fhir_service.engine import fhirpath_fast, fhirpath_fast_predicate
 from fhir_service.engine.data import build_data_set
-from fhir_service.engine.fhirpath import FhirPathCompiler, fhir_date, fhir_datetime, session
+from fhir_service.engine.fhirpath import (
+    EvaluationSession,
+    FhirPathCompiler,
+    fhir_date,
+    fhir_datetime,
+)
+from fhir_service.engine.fhirpath.closures import ClosureCompiler
 from fhir_service.engine.terminology import Terminology
 from fhir_service.engine.values import to_json
 from tests.conftest import DEFAULT_NOW
+from tests.fhirpath.plain import PlainArm
 
 HERE = Path(__file__).resolve().parent.parent
 MINI = HERE / "fixtures" / "definitions-mini"
@@ -130,7 +139,7 @@ EXPRESSIONS = [
     "%Condition.where(id = 'x-multi').single().id",
     "%Condition.single()",
     "%Condition.where(id.length() > 6).id",
-    # shapes of fhirpath_fast_predicate, and where it must decline
+    # shapes the closures specialise (string equality, where, exists), and their fallbacks
     "%Condition.where(verificationStatus.coding.where(system = '" + SYSTEM + "' and "
     "(code = 'entered-in-error' or code = 'refuted')).empty()).id",
     "%Condition.where(clinicalStatus.coding.where(system = '" + SYSTEM + "' and "
@@ -214,30 +223,31 @@ def compiler() -> FhirPathCompiler:
 
 
 @pytest.fixture(scope="module")
-def plain() -> FhirPathCompiler:
-    """fhirpathpy alone: no fast predicates (and, in the test, its own functions)."""
-    return FhirPathCompiler(_terminology(), fast_predicates=False)
+def plain(compiler: FhirPathCompiler) -> PlainArm:
+    return PlainArm(compiler)
 
 
-def _env() -> dict[str, Any]:
+def _env(compiler: FhirPathCompiler, session: EvaluationSession) -> dict[str, Any]:
     resources = [e["resource"] for e in RECORD["entry"]] + copy.deepcopy(EXTRA)
     env: dict[str, Any] = {"now": fhir_datetime(DEFAULT_NOW), "today": fhir_date(DEFAULT_NOW)}
     for resource in resources:
         env.setdefault(resource["resourceType"], []).append(resource)
+    # typed variables hold fhirpathpy's ResourceNodes, as the engine's Scope does
+    env["typed"] = compiler.compile("%Observation").evaluate_typed(PATIENT, env, session)
+    env["typedValues"] = compiler.compile("%Observation.value").evaluate_typed(
+        PATIENT, env, session
+    )
     return env
 
 
-def _run(compiler: FhirPathCompiler, expression: str, typed: bool) -> tuple[str, Any]:
-    env = _env()
+def _session() -> EvaluationSession:
     data = build_data_set([RECORD, *EXTRA])
+    return EvaluationSession(DEFAULT_NOW, data.resolve, data.resolve_scoped)
+
+
+def _outcome(run: Any) -> tuple[str, Any]:
     try:
-        with session(DEFAULT_NOW, data.resolve):
-            # typed variables hold fhirpathpy's ResourceNodes, as the engine's Scope does
-            env["typed"] = compiler.compile("%Observation").evaluate_typed(PATIENT, env)
-            env["typedValues"] = compiler.compile("%Observation.value").evaluate_typed(PATIENT, env)
-            compiled = compiler.compile(expression)
-            run = compiled.evaluate_typed if typed else compiled.evaluate
-            return "ok", [to_json(v) for v in run(PATIENT, env)]
+        return "ok", [to_json(v) for v in run()]
     except Exception as exc:  # compare failures too
         return "error", type(exc).__name__
 
@@ -245,96 +255,64 @@ def _run(compiler: FhirPathCompiler, expression: str, typed: bool) -> tuple[str,
 @pytest.mark.parametrize("typed", [False, True])
 @pytest.mark.parametrize("expression", EXPRESSIONS)
 def test_same_result_as_fhirpathpy(
-    compiler: FhirPathCompiler, plain: FhirPathCompiler, expression: str, typed: bool
+    compiler: FhirPathCompiler, plain: PlainArm, expression: str, typed: bool
 ) -> None:
-    fast = _run(compiler, expression, typed)
-    with fhirpath_fast.original_fhirpathpy():
-        original = _run(plain, expression, typed)
-    assert fast == original
-    assert _run(plain, expression, typed) == original  # fast internals, no fast predicates
-
-
-def test_fast_internals_are_installed() -> None:
-    from fhirpathpy import engine
-
-    assert engine.doInvoke is fhirpath_fast.do_invoke
-    assert engine.infix_invoke is fhirpath_fast.infix_invoke
-    with fhirpath_fast.original_fhirpathpy():
-        assert engine.doInvoke is not fhirpath_fast.do_invoke
-    assert engine.doInvoke is fhirpath_fast.do_invoke
+    session = _session()
+    env = _env(compiler, session)
+    compiled = compiler.compile(expression)
+    run = compiled.evaluate_typed if typed else compiled.evaluate
+    ours = _outcome(lambda: run(PATIENT, env, session))
+    theirs = _outcome(lambda: plain.evaluate(expression, PATIENT, env, session, typed=typed))
+    assert ours == theirs
 
 
 def test_where_evaluates_its_criteria_once_per_item() -> None:
-    """fhirpathpy ran the criteria twice for each item they kept (``check_macro_expr``)."""
-    fresh = FhirPathCompiler(Terminology([]))
     calls: list[Any] = []
-    original = fresh._table["clinicalDate"]["fn"]  # noqa: SLF001 - count calls of a function
+    fresh = FhirPathCompiler(Terminology([]))
 
-    def counting(inputs: list[Any]) -> list[str]:
+    def counting(_ctx: Any, inputs: list[Any]) -> list[str]:
         calls.append(inputs)
-        return cast(list[str], original(inputs))
+        return ["2026-01-01"]
 
-    fresh._table["clinicalDate"]["fn"] = counting  # noqa: SLF001
-    result = _run(fresh, "%Condition.where(clinicalDate().exists()).id", False)
-    assert result == ("ok", ["c-spasm", "c-cramp-icd", "c-recorded-only", "c-error", "x-multi"])
-    assert len(calls) == len(_env()["Condition"])
-
-
-def _fast_nodes(node: Any) -> list[str]:
-    if not isinstance(node, dict):
-        return []
-    if node.get("type") == fhirpath_fast_predicate.FAST_NODE:
-        return [str(node["original"]["type"])]
-    return [t for child in node.get("children") or [] for t in _fast_nodes(child)]
+    fresh.functions["clinicalDate"] = {"fn": counting, "arity": {0: []}}
+    fresh = _recompiling(fresh)
+    items = [{"resourceType": "Condition", "id": str(i)} for i in range(3)]
+    result = fresh.compile("%xs.where(clinicalDate().exists())").evaluate({}, {"xs": items})
+    assert [r["id"] for r in result] == ["0", "1", "2"]
+    assert len(calls) == 3  # fhirpathpy evaluates the criteria twice for each kept item
 
 
-@pytest.mark.parametrize(
-    ("expression", "fast"),
-    [
-        (
-            "%C.where(code.coding.where(system = 'S' and (code = 'a' or code = 'b')).exists())",
-            ["InvocationExpression"],
-        ),
-        ("%C.where(status = 'final' or status = 'amended')", ["OrExpression"]),
-        ("%C.where(code.memberOf('u') and onset.exists())", ["AndExpression"]),
-        ("%C.where(code.memberOf('u') and %x)", ["InvocationExpression"]),
-        ("%C.where(Observation.exists())", []),  # a type name
-        ("%C.where(status = %s)", []),  # only string literals
-        ("%C.where(a.b.c.exists() xor x = 'y')", ["InvocationExpression", "EqualityExpression"]),
-        ("%C.where($this.a = 'y')", []),
-        ("%C.where(a.ofType(Coding).exists())", []),
-        ("%C.where(a.where(b).exists())", []),
-        ("%C.where(a.first() = 'y')", []),
-        ("%C.where(`a` = 'y')", []),
-        ("%C.where(a = 1)", []),
-        ("'a' = 'a'", []),
-    ],
-)
-def test_fast_predicate_shapes(
-    compiler: FhirPathCompiler, expression: str, fast: list[Any]
+def _recompiling(compiler: FhirPathCompiler) -> FhirPathCompiler:
+    """``compiler`` with its closure compiler rebuilt over its (changed) function table."""
+    compiler._closures = ClosureCompiler(compiler.functions, None)
+    return compiler
+
+
+def test_every_fhirpathpy_node_kind_has_a_closure() -> None:
+    from fhirpathpy.engine.evaluators import evaluators
+
+    known = {k for k in evaluators if k not in ("Functn", "ParamList", "Identifier")}
+    missing = {k for k in known if not hasattr(ClosureCompiler, f"_n_{k}")}
+    assert not missing
+
+
+def test_short_circuit_is_the_only_boolean_difference(
+    compiler: FhirPathCompiler, plain: PlainArm
 ) -> None:
-    compiled = compiler.compile(expression)
-    assert _fast_nodes(compiled.fn.parsedPath) == fast  # type: ignore[attr-defined]
+    """``false and <error>`` is false here and an error in fhirpathpy (docs/fhirpath.md)."""
+    session = _session()
+    expression = "false and ((1 | 2).single() = 1)"
+    ours = _outcome(lambda: compiler.compile(expression).evaluate({}, {}, session))
+    theirs = _outcome(lambda: plain.evaluate(expression, {}, {}, session, typed=False))
+    assert ours == ("ok", [False])
+    assert theirs[0] == "error"
+    for decided in ("true and false", "true or {}", "{} implies true", "false xor true"):
+        ours = _outcome(lambda: compiler.compile(decided).evaluate({}, {}, session))  # noqa: B023
+        theirs = _outcome(lambda: plain.evaluate(decided, {}, {}, session, typed=False))  # noqa: B023
+        assert ours == theirs
 
 
-def test_fast_predicate_declines_at_run_time() -> None:
-    """A value the closure cannot compare exactly goes to fhirpathpy (same result)."""
-    fresh = FhirPathCompiler(Terminology([]))
-    calls: list[Any] = []
-    original = fhirpath_fast_predicate.engine.do_eval
-
-    def counting(ctx: Any, parent: Any, node: Any) -> Any:
-        if node.get("type") == "EqualityExpression":
-            calls.append(node)
-        return original(ctx, parent, node)
-
-    expression = "%C.where(code = 'a').id"
-    env = {"C": [{"id": "n", "code": 1}, {"id": "s", "code": "a"}, {"id": "e", "_code": {}}]}
-    fhirpath_fast_predicate.engine.do_eval = counting
-    try:
-        with session(DEFAULT_NOW):
-            result = fresh.compile(expression).evaluate({}, env)
-    finally:
-        fhirpath_fast_predicate.engine.do_eval = original
-    assert result == ["s"]
-    assert len(calls) == 2  # the number and the extension-only code; the string was fast
+def test_trace_takes_a_name_and_a_projection(compiler: FhirPathCompiler) -> None:
+    session = _session()
+    compiled = compiler.compile("%xs.trace('xs', $this.id).count()")
+    assert compiled.evaluate({}, {"xs": [{"id": "a"}, {"id": "b"}]}, session) == [2]

@@ -20,7 +20,6 @@ import pytest
 
 from fhir_service.engine.data import build_data_set, flatten
 from fhir_service.engine.evaluation import CallInput, Scope, VariableDef
-from fhir_service.engine.fhirpath import session
 from fhir_service.engine.plan_definition import ApplyResult, PlanEngine, action_type, hooks_of
 from fhir_service.errors import IssueLog
 from fhir_service.knowledge.loader import load_definitions
@@ -91,8 +90,7 @@ class Applied:
     def apply(self, plan_id: str, hook: str | None = None) -> ApplyResult:
         plan = self.engine.knowledge.read("PlanDefinition", plan_id)
         assert plan is not None
-        with session(NOW, self.data.resolve):
-            return self.engine.apply(plan.resource, self.scope, "Patient/p1", self.new_id, hook)
+        return self.engine.apply(plan.resource, self.scope, "Patient/p1", self.new_id, hook)
 
 
 def top_ids(result: ApplyResult) -> list[str]:
@@ -129,9 +127,9 @@ class Counting:
 
         return counted
 
-    def evaluate(self, resource: Any, env: Any) -> list[Any]:
+    def evaluate(self, resource: Any, env: Any, session: Any = None) -> list[Any]:
         self.calls += 1
-        result: list[Any] = self.inner.evaluate(resource, env)
+        result: list[Any] = self.inner.evaluate(resource, env, session)
         return result
 
 
@@ -190,8 +188,7 @@ def test_a_variable_that_refers_to_itself_is_an_issue_not_a_crash(engine: PlanEn
     }
     issues = IssueLog()
     scope = Scope(CallInput(build_data_set([]), NOW), looping, {}, issues)
-    with session(NOW):
-        assert scope.get("loop") == [False]
+    assert scope.get("loop") == [False]
     assert "refers to itself" in diagnostics(issues)
 
 
@@ -265,8 +262,7 @@ def test_unsupported_language_and_unparsable_expressions_are_issues(engine: Plan
         ],
     }
     call = Applied(engine)
-    with session(NOW):
-        result = engine.apply(plan, call.scope, "Patient/p1", ids())
+    result = engine.apply(plan, call.scope, "Patient/p1", ids())
     assert top_ids(result) == ["bad-title", "start-condition"]
     assert "title" not in result.request_group["action"][0]
     text = diagnostics(call.issues)
@@ -324,8 +320,7 @@ def test_a_dangling_definition_is_an_issue(engine: PlanEngine) -> None:
         "action": [{"id": "x", "definitionCanonical": "http://example.org/nowhere"}],
     }
     call = Applied(engine)
-    with session(NOW):
-        result = engine.apply(plan, call.scope, "Patient/p1", ids())
+    result = engine.apply(plan, call.scope, "Patient/p1", ids())
     assert top_ids(result) == ["x"]
     assert "resource" not in result.request_group["action"][0]
     assert "not found" in diagnostics(call.issues)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fhir_service.engine.data import build_data_set
 from fhir_service.engine.evaluation import CallInput, Scope
-from fhir_service.engine.fhirpath import FhirPathCompiler, session
+from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.errors import IssueLog
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -31,8 +31,7 @@ def test_same_contained_id_in_two_drafts_resolves_to_each_own() -> None:
     expr = FhirPathCompiler().compile(
         "%draftOrders.select(id + ':' + medication.ofType(Reference).resolve().code.coding.code)"
     )
-    with session(NOW, data.resolve, data.resolve_scoped):
-        assert scope.evaluate(expr, "test") == ["rx-cbp:828348", "rx-ibu:197806"]
+    assert scope.evaluate(expr, "test") == ["rx-cbp:828348", "rx-ibu:197806"]
 
 
 def test_a_copied_reference_falls_back_to_the_call_index() -> None:
