@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, idempotently, what the assessment form page and its browser test need
-# (shared/spec/ecosystem.md §3):
+# (https://lhncbc.github.io/lforms/):
 #   * npm lforms@40.1.3 into fhir_service/static/forms/node_modules (served at /forms/lforms/,
 #     never from a CDN). --legacy-peer-deps avoids npm 11 looping on Angular peer deps.
 #   * Debian chromium (the browser test drives /usr/bin/chromium; Playwright's own browser
