@@ -9,24 +9,23 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any
 
 import anyio
 import httpx
 
+from fhir_service.clients import FhirFetcher
 from fhir_service.clients.fhir_client import FhirClient
 from fhir_service.clock import Clock, IdFactory, fixed_clock, system_clock, uuid4_factory
 from fhir_service.engine.plan_definition import PlanEngine
 from fhir_service.knowledge.loader import load_definitions
 from fhir_service.knowledge.repository import KnowledgeBase
 from fhir_service.knowledge.services import CdsService, build_services
+from fhir_service.security import ClientVerifier
 from fhir_service.security.allowlist import Allowlist, Resolver
 from fhir_service.settings import Settings
+from fhir_service.store.records import Store
 
 log = logging.getLogger(__name__)
-
-#: The canonical base of every knowledge artifact (contract, last section).
-CANONICAL_BASE = "http://example.org/fhir/muscle-spasm"
 
 
 @dataclass
@@ -39,10 +38,10 @@ class Runtime:
     new_id: IdFactory
     http: httpx.AsyncClient
     allowlist: Allowlist
-    fetcher: FhirClient
+    fetcher: FhirFetcher
     limiter: anyio.CapacityLimiter
-    store: Any = None
-    verifier: Any = None
+    store: Store
+    verifier: ClientVerifier | None = None
 
     @property
     def fhir_base(self) -> str:
@@ -53,18 +52,17 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-        if self.store is not None:
-            self.store.close()
+        self.store.close()
 
 
 class _StoreReplayCache:
     """JWT ``jti`` replay cache kept in the shared database, so replicas agree."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def seen(self, iss: str, jti: str, exp: int) -> bool:
-        return bool(self.store.jti_seen(iss, jti, exp))
+        return self.store.jti_seen(iss, jti, exp)
 
 
 def load_knowledge(settings: Settings) -> KnowledgeBase:
@@ -79,7 +77,7 @@ def build_runtime(
     new_id: IdFactory | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
-    store: Any = None,
+    store: Store | None = None,
     knowledge: KnowledgeBase | None = None,
 ) -> Runtime:
     """Load and validate the knowledge, then wire the collaborators (raises on bad knowledge)."""

@@ -1,7 +1,7 @@
 """SDC ``$extract``: QuestionnaireResponse → transaction Bundle of POST entries (not executed).
 
-Two SDC mechanisms (https://hl7.org/fhir/uv/sdc/extraction.html; ``clinical-reasoning.md``
-§1.8), both driven only by the Questionnaire's metadata — this module knows no linkId or code:
+Two SDC mechanisms (https://hl7.org/fhir/uv/sdc/extraction.html), both driven only by the
+Questionnaire's metadata — this module knows no linkId or code:
 
 **Observation-based.** A question whose item, an ancestor item or the Questionnaire root carries
 ``sdc-questionnaire-observationExtract`` = true (the nearest flag wins; ``false`` switches a
@@ -46,7 +46,13 @@ from fhirpathpy.engine.nodes import ResourceNode
 
 from fhir_service import fhir
 from fhir_service.engine.fhirpath import FhirPathCompiler, session
-from fhir_service.engine.questionnaire_populate import fhir_instant, to_json
+from fhir_service.engine.patient_data import (
+    patient_id_of,
+    patients_own,
+    resolve_reference,
+    to_json,
+)
+from fhir_service.engine.questionnaire_populate import fhir_instant
 from fhir_service.engine.questionnaire_response import (
     Enablement,
     answer_value,
@@ -382,6 +388,17 @@ class _TemplateFiller:
             node.pop(name, None)
 
 
+def _contained_resolver(qr: Mapping[str, Any]) -> Callable[[str], dict[str, Any] | None]:
+    """``resolve()`` inside templates: the response's own contained resources (``#id``), less
+    any about a patient other than the response's subject (``patient_data``)."""
+    subject = qr.get("subject")
+    patient_id = patient_id_of(subject.get("reference") if isinstance(subject, Mapping) else None)
+    inner = [c for c in qr.get("contained") or () if isinstance(c, Mapping)]
+    kept, _ = patients_own(inner, patient_id)
+    by_id = {f"#{c['id']}": dict(c) for c in kept if isinstance(c.get("id"), str)}
+    return lambda reference: resolve_reference(reference, {}, by_id)
+
+
 def extract_with_issues(
     questionnaire: Mapping[str, Any],
     qr: Mapping[str, Any],
@@ -416,7 +433,7 @@ def extract_with_issues(
     )
     root_observe = _flag(questionnaire, OBSERVATION_EXTRACT_URL) is True
     root_category = [e["valueCodeableConcept"] for e in _extensions(questionnaire, CATEGORY_URL)]
-    with session(now=now):
+    with session(now=now, resolver=_contained_resolver(qr)):
         work.walk(questionnaire.get("item"), "Questionnaire", root_observe, root_category)
         for ext in _extensions(questionnaire, TEMPLATE_EXTRACT_URL):
             work.template(ext, qr, "QuestionnaireResponse", "Questionnaire")

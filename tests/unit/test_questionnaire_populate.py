@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from fhir_service.engine.fhirpath import FhirPathCompiler, fhir_date, quantity
+from fhir_service.engine.patient_data import to_json
 from fhir_service.engine.questionnaire_populate import (
     compile_questionnaire,
     fhir_instant,
     populate,
     to_answer,
-    to_json,
 )
 from fhir_service.engine.questionnaire_response import find_answers
 
@@ -519,7 +519,7 @@ def test_helpers() -> None:
     assert to_json(Decimal("2.50")) == 2.5
     assert to_json([fhir_date(NOW), quantity(3, "kg")]) == [
         "2026-12-01",
-        {"value": 3, "unit": "kg"},
+        {"value": 3, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"},
     ]
     assert to_answer({"type": "integer"}, Decimal("2.5")) is None
     assert to_answer({"type": "integer"}, True) is None
