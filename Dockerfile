@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The muscle-spasm FHIR guideline service: fhir_service.main:app on port 8000 (shared/contract.md).
+# The muscle-spasm FHIR guideline service: fhir_service.main:app on port 8000 (README.md).
 #
 #   docker build -t fhir-service .
 #   docker run --rm -p 8000:8000 -e FHIR_SERVICE_AUTH=off fhir-service      # development only

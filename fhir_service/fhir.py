@@ -1,7 +1,8 @@
 """The single place that picks the FHIR release.
 
 R4 (4.0.1) is what goes on the wire; the models come from ``fhir.resources.R4B``, whose elements
-match R4 for every resource this service uses (see ``shared/spec/ecosystem.md`` §1). The only R4B
+match R4 for every resource this service uses (https://hl7.org/fhir/R4/,
+https://hl7.org/fhir/R4B/diff.html). The only R4B
 additions, ``subjectCanonical`` on PlanDefinition/ActivityDefinition, are refused at load time so
 that nothing R4 servers reject is ever emitted.
 """

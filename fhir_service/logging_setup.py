@@ -1,5 +1,5 @@
 """Structured JSON logs on stderr. Callers log ids and reasons only: never tokens, JWTs or
-patient data (reliability-security-performance.md §6.3 H1)."""
+patient data (``tests/security/test_log_hygiene.py``)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
 """The ASGI application: ``fhir_service.main:app``, built by ``create_app()``.
 
 ``create_app`` loads and validates ``definitions/`` before anything is served: a bad artifact
-raises ``KnowledgeError`` and the service refuses to start (contract "Install and run").
+raises ``KnowledgeError`` and the service refuses to start (README "Adding or changing a rule").
+Importing this module builds nothing and writes nothing: ``app`` is a :class:`LazyApp` that calls
+``create_app()`` on its first ASGI event (uvicorn's lifespan start-up, or the first request).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,9 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from fhir_service import __version__
-from fhir_service.api import cds_hooks, fhir_rest, operations
+from fhir_service.api import cds_hooks, fhir_rest, operations, sdc, smart_app
 from fhir_service.api.responses import FhirResponse, JsonResponse
 from fhir_service.errors import FhirError, Issue, Unauthorized, operation_outcome
 from fhir_service.logging_setup import configure_logging
@@ -165,13 +168,43 @@ def include_routers(app: FastAPI) -> None:
     """Operation routes go before the generic ``/fhir/{type}/{id}`` read route."""
     app.include_router(cds_hooks.router)
     app.include_router(operations.router)
-    try:  # SDC operations and the forms page (fhir_service/api/sdc.py)
-        sdc = importlib.import_module("fhir_service.api.sdc")
-        app.include_router(sdc.router)
-        app.include_router(importlib.import_module("fhir_service.api.smart_app").router)
-    except ImportError:  # pragma: no cover - present in every release build
-        log.warning("SDC operations not available")
+    app.include_router(sdc.router)
+    app.include_router(smart_app.router)
     app.include_router(fhir_rest.router)
 
 
-app = create_app()
+class LazyApp:
+    """An ASGI app that builds the real one with ``factory`` on its first event.
+
+    A failed build during uvicorn's lifespan start-up is reported as ``lifespan.startup.failed``
+    (ASGI lifespan spec, https://asgi.readthedocs.io/en/latest/specs/lifespan.html), so a bad
+    knowledge base still stops the server before it listens.
+    """
+
+    def __init__(self, factory: Callable[[], FastAPI]) -> None:
+        self._factory = factory
+        self._app: FastAPI | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> FastAPI:
+        """The application, built on the first call."""
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    self._app = self._factory()
+        return self._app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None and scope["type"] == "lifespan":
+            try:
+                self.get()
+            except Exception as exc:
+                await receive()  # lifespan.startup
+                await send(
+                    {"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"}
+                )
+                raise  # as Starlette's own lifespan does: the server logs it and exits
+        await self.get()(scope, receive, send)
+
+
+app = LazyApp(create_app)

@@ -9,26 +9,24 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any
 
 import anyio
 import httpx
 
-from fhir_service.cds.prefetch import Fetcher
 from fhir_service.cds.smart_link import assessment_questionnaires
+from fhir_service.clients import FhirFetcher
 from fhir_service.clients.fhir_client import FhirClient
 from fhir_service.clock import Clock, IdFactory, fixed_clock, system_clock, uuid4_factory
 from fhir_service.engine.plan_definition import PlanEngine
 from fhir_service.knowledge.loader import load_definitions
 from fhir_service.knowledge.repository import KnowledgeBase
 from fhir_service.knowledge.services import CdsService, build_services
+from fhir_service.security import ClientVerifier
 from fhir_service.security.allowlist import Allowlist, Resolver
 from fhir_service.settings import Settings
+from fhir_service.store.records import Store
 
 log = logging.getLogger(__name__)
-
-#: The canonical base of every knowledge artifact (contract, last section).
-CANONICAL_BASE = "http://example.org/fhir/muscle-spasm"
 
 
 @dataclass
@@ -41,10 +39,10 @@ class Runtime:
     new_id: IdFactory
     http: httpx.AsyncClient
     allowlist: Allowlist
-    fetcher: Fetcher
+    fetcher: FhirFetcher
     limiter: anyio.CapacityLimiter
-    store: Any = None
-    verifier: Any = None
+    store: Store
+    verifier: ClientVerifier | None = None
     #: rule url → (Questionnaire canonical, title) the SMART app opens (cds/smart_link.py)
     assessments: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -57,18 +55,17 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-        if self.store is not None:
-            self.store.close()
+        self.store.close()
 
 
 class _StoreReplayCache:
     """JWT ``jti`` replay cache kept in the shared database, so replicas agree."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def seen(self, iss: str, jti: str, exp: int) -> bool:
-        return bool(self.store.jti_seen(iss, jti, exp))
+        return self.store.jti_seen(iss, jti, exp)
 
 
 def load_knowledge(settings: Settings) -> KnowledgeBase:
@@ -83,7 +80,7 @@ def build_runtime(
     new_id: IdFactory | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
-    store: Any = None,
+    store: Store | None = None,
     knowledge: KnowledgeBase | None = None,
 ) -> Runtime:
     """Load and validate the knowledge, then wire the collaborators (raises on bad knowledge)."""

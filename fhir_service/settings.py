@@ -1,4 +1,4 @@
-"""Settings read once at start from ``FHIR_SERVICE_*`` variables (``shared/contract.md``, Settings).
+"""Settings read once at start from ``FHIR_SERVICE_*`` variables (README "Settings").
 
 Malformed values refuse the start with a message naming the variable. ``FHIR_SERVICE_AUTH=off``
 is allowed for development and logged as a warning by ``main.create_app``.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, idempotently, what the assessment form page and its browser test need
-# (shared/spec/ecosystem.md §3):
+# (https://lhncbc.github.io/lforms/, https://github.com/smart-on-fhir/client-js):
 #   * npm lforms@40.1.3 and fhirclient@2.6.3 (SMART App Launch client of the form page, served at
 #     /forms/fhirclient/) into fhir_service/static/forms/node_modules (served at /forms/lforms/,
 #     never from a CDN). --legacy-peer-deps avoids npm 11 looping on Angular peer deps.

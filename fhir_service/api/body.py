@@ -1,7 +1,8 @@
 """Reading request bodies safely: size cap, strict JSON (no NaN/Infinity), bounded depth.
 
 Over the size cap → 413, not JSON / too deep → 400, a media type the endpoint does not take
-→ 415; each as an OperationOutcome (reliability-security-performance.md §6.3 L1–L3).
+→ 415; each as an OperationOutcome (README "Settings": ``FHIR_SERVICE_MAX_BODY_BYTES``,
+``FHIR_SERVICE_MAX_JSON_DEPTH``).
 """
 
 from __future__ import annotations

@@ -1,71 +1,63 @@
 """CDS Hooks 2.0 endpoints: discovery, service calls, feedback, analytics.
 
-Spec: https://cds-hooks.hl7.org/2.0/ ; checklist: shared/spec/cds-hooks.md; status codes and
-auth: shared/contract.md "HTTP surface". Routers only parse, call and serialize.
+Spec: https://cds-hooks.hl7.org/2.0/ (discovery, calling a service, feedback, security); status
+codes: README "Endpoints". Routers only parse, call and serialize.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from fhir_service.api.body import read_json
 from fhir_service.api.responses import JsonResponse
 from fhir_service.cds.feedback import parse_feedback
 from fhir_service.cds.invoke import invoke
 from fhir_service.clock import system_clock
-from fhir_service.deps import RuntimeDep
+from fhir_service.deps import ArrivalDep, JsonBodyDep, RuntimeDep, authenticate
 from fhir_service.errors import NotFound
 from fhir_service.knowledge.services import CdsService
 from fhir_service.observability import tracing
 from fhir_service.observability.app import record_cards, record_feedback
-from fhir_service.paths import called_paths
 from fhir_service.runtime import Runtime
+from fhir_service.store.records import IssuedCard
 
-router = APIRouter(tags=["CDS Hooks"])
+#: Every CDS Hooks route authenticates the client first (``deps.authenticate``).
+router = APIRouter(tags=["CDS Hooks"], dependencies=[Depends(authenticate)])
 log = logging.getLogger(__name__)
 
 
-async def authenticate(request: Request, runtime: Runtime) -> None:
-    """With ``FHIR_SERVICE_AUTH=jwt``: a valid client JWT whose ``aud`` is the URL called
-    (as served, or as called when the client's URL had an empty segment: paths.py)."""
-    if runtime.verifier is None:
-        return
-    audience = [runtime.settings.public_base_url + path for path in called_paths(request.scope)]
-    await runtime.verifier.verify(request.headers.get("authorization"), audience)
-
-
-def _service(runtime: Runtime, service_id: str) -> CdsService:
+def cds_service(service_id: str, runtime: RuntimeDep) -> CdsService:
+    """The service a path names (404 when unknown), resolved before the body is read."""
     service = runtime.services.get(service_id)
     if service is None:
         raise NotFound(f"no CDS service {service_id!r}")
     return service
 
 
+ServiceDep = Annotated[CdsService, Depends(cds_service)]
+
+
 @router.get("/cds-services", response_class=JsonResponse)
 @router.get("/cds-services/", response_class=JsonResponse, include_in_schema=False)
-async def discovery(request: Request, runtime: RuntimeDep) -> JsonResponse:
+async def discovery(runtime: RuntimeDep) -> JsonResponse:
     """Discovery: one entry per service, generated from the PlanDefinitions."""
-    await authenticate(request, runtime)
     services = [s.discovery() for s in sorted(runtime.services.values(), key=lambda s: s.id)]
     return JsonResponse({"services": services})
 
 
 @router.post("/cds-services/{service_id}", response_class=JsonResponse)
-async def call_service(service_id: str, request: Request, runtime: RuntimeDep) -> JsonResponse:
+async def call_service(
+    request: Request,
+    runtime: RuntimeDep,
+    started: ArrivalDep,
+    service: ServiceDep,
+    body: JsonBodyDep,
+) -> JsonResponse:
     """A hook call: 200 with cards (``{"cards": []}`` when none), 400/404/412/415 otherwise."""
-    started = time.monotonic()
-    await authenticate(request, runtime)
-    service = _service(runtime, service_id)
-    settings = runtime.settings
-    body = await read_json(
-        request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
-    )
     with tracing.span("cds.hook", {"cds.service": service.id, "cds.hook": service.hook}):
         cards = await invoke(runtime, service, body, started=started)
         record_cards(request, service.id, cards)
@@ -78,10 +70,8 @@ async def _remember(
     runtime: Runtime, service: CdsService, body: dict[str, Any], cards: list[dict[str, Any]]
 ) -> None:
     """Record issued card uuids so feedback can be joined to its rule; never fails the call."""
-    if not cards or runtime.store is None:
+    if not cards:
         return
-    from fhir_service.store.sql import IssuedCard
-
     issued = [
         IssuedCard(
             card_uuid=c["uuid"],
@@ -100,14 +90,10 @@ async def _remember(
 
 
 @router.post("/cds-services/{service_id}/feedback", response_class=JsonResponse)
-async def feedback(service_id: str, request: Request, runtime: RuntimeDep) -> JsonResponse:
+async def feedback(
+    request: Request, runtime: RuntimeDep, service: ServiceDep, body: JsonBodyDep
+) -> JsonResponse:
     """Feedback (cds-fb-1..3): 200 when valid (idempotent), 400 otherwise, 503 if not stored."""
-    await authenticate(request, runtime)
-    service = _service(runtime, service_id)
-    settings = runtime.settings
-    body = await read_json(
-        request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
-    )
     items = parse_feedback(body)
     result = await run_in_threadpool(
         runtime.store.record_feedback, service.id, items, system_clock()
@@ -119,8 +105,6 @@ async def feedback(service_id: str, request: Request, runtime: RuntimeDep) -> Js
 
 
 @router.get("/cds-services/{service_id}/analytics", response_class=JsonResponse)
-async def analytics(service_id: str, request: Request, runtime: RuntimeDep) -> JsonResponse:
+async def analytics(runtime: RuntimeDep, service: ServiceDep) -> JsonResponse:
     """Per rule: cards issued, accepted, overridden (with reasons). Read-only."""
-    await authenticate(request, runtime)
-    service = _service(runtime, service_id)
     return JsonResponse(await run_in_threadpool(runtime.store.analytics, service.id))

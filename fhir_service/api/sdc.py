@@ -16,45 +16,32 @@
   not valid R4 → 400; a response for a questionnaire this service does not hold (any version
   of its url counts), invalid answers (SDC validation) or resources that cannot be extracted
   validly → 422.
+The routes parse, call ``operations.populate``/``operations.extract`` and serialise.
+
 * ``GET /forms/{id}``: the LHC-Forms page for a Questionnaire (``static/forms``), with the
   LHC-Forms assets served locally under ``/forms/lforms/`` (never a CDN; installed by
   ``scripts/browser-deps.sh``).
 
-See ``shared/contract.md`` ("FHIR R4 REST") and ``clinical-rules.md`` §4.
+See README "Endpoints" and ``docs/authoring.md`` (the assessment Questionnaire).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 
-from fhir_service.api.body import read_json
 from fhir_service.api.parameters import named, one, require_parameters, subject_reference, value_of
 from fhir_service.api.responses import FhirResponse
-from fhir_service.deps import RuntimeDep
+from fhir_service.deps import JsonBodyDep, RuntimeDep
 from fhir_service.engine.data import flatten
-from fhir_service.engine.questionnaire_extract import extract_with_issues
-from fhir_service.engine.questionnaire_populate import populate
-from fhir_service.engine.questionnaire_response import (
-    parse_response,
-    require_questionnaire,
-    validate_response,
-)
-from fhir_service.errors import (
-    BusinessRuleError,
-    InvalidRequest,
-    Issue,
-    NotFound,
-    PayloadTooLarge,
-    operation_outcome,
-)
-from fhir_service.knowledge.loader import Artifact
-from fhir_service.runtime import Runtime
+from fhir_service.engine.questionnaire_response import parse_response
+from fhir_service.errors import InvalidRequest, NotFound
+from fhir_service.operations.extract import ExtractRequest, extract_questionnaire_response
+from fhir_service.operations.populate import PopulateRequest, populate_questionnaire
 
 router = APIRouter(tags=["SDC"])
 
@@ -66,16 +53,6 @@ QUESTIONNAIRE_PARAMS = ("questionnaire", "canonical", "questionnaireRef")
 
 # --------------------------------------------------------------------------------------------
 # $populate
-
-
-@dataclass
-class PopulateInputs:
-    """The ``$populate`` in-parameters this service uses."""
-
-    subject: dict[str, Any] | None = None
-    canonical: str | None = None
-    reference: str | None = None
-    resources: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _reference(value: Any, name: str) -> dict[str, Any]:
@@ -91,7 +68,8 @@ def _reference(value: Any, name: str) -> dict[str, Any]:
     )
 
 
-def _questionnaire_param(params: list[dict[str, Any]], inputs: PopulateInputs) -> None:
+def _questionnaire_param(params: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """``(canonical, reference)`` from ``questionnaire``/``canonical``/``questionnaireRef``."""
     for name in QUESTIONNAIRE_PARAMS:
         param = one(params, name)
         if param is None:
@@ -104,17 +82,16 @@ def _questionnaire_param(params: list[dict[str, Any]], inputs: PopulateInputs) -
                     f"parameter {name!r} must carry a Questionnaire with a url", expression=[name]
                 )
             version = resource.get("version")
-            inputs.canonical = resource["url"] + (f"|{version}" if version else "")
-        elif isinstance(value, dict) and isinstance(value.get("reference"), str):
-            inputs.reference = value["reference"]
-        elif isinstance(value, str) and value:
-            inputs.canonical = value
-        else:
-            raise InvalidRequest(
-                f"parameter {name!r} must carry a canonical, a Reference or a Questionnaire",
-                expression=[name],
-            )
-        return
+            return resource["url"] + (f"|{version}" if version else ""), None
+        if isinstance(value, dict) and isinstance(value.get("reference"), str):
+            return None, value["reference"]
+        if isinstance(value, str) and value:
+            return value, None
+        raise InvalidRequest(
+            f"parameter {name!r} must carry a canonical, a Reference or a Questionnaire",
+            expression=[name],
+        )
+    return None, None
 
 
 def _data(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -137,103 +114,61 @@ def _data(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(flatten(sources))
 
 
-async def _populate_inputs(request: Request, runtime: Runtime) -> PopulateInputs:
-    inputs = PopulateInputs()
-    query = request.query_params
-    if request.method == "POST":
-        settings = runtime.settings
-        body = await read_json(
-            request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
-        )
+def populate_request(
+    body: Any, query: Mapping[str, str], questionnaire_id: str | None
+) -> PopulateRequest:
+    """The ``$populate`` in-parameters of a GET (``body`` None) or a POSTed Parameters."""
+    subject: dict[str, Any] | None = None
+    canonical = reference = None
+    resources: list[dict[str, Any]] = []
+    if body is not None:
         params = require_parameters(body)
-        subject = one(params, "subject")
-        if subject is not None:
-            inputs.subject = _reference(value_of(subject), "subject")
-        _questionnaire_param(params, inputs)
-        inputs.resources = _data(params)
-    if inputs.subject is None and query.get("subject"):
-        inputs.subject = _reference(query["subject"], "subject")
-    if inputs.subject is None:
+        param = one(params, "subject")
+        if param is not None:
+            subject = _reference(value_of(param), "subject")
+        canonical, reference = _questionnaire_param(params)
+        resources = _data(params)
+    if subject is None and query.get("subject"):
+        subject = _reference(query["subject"], "subject")
+    if subject is None:
         raise InvalidRequest(
             "parameter 'subject' (a Reference) is required", expression=["subject"]
         )
-    if inputs.canonical is None and inputs.reference is None:
+    if canonical is None and reference is None:
         url = query.get("url") or query.get("questionnaire") or query.get("canonical")
         if url:
             version = query.get("version")
-            inputs.canonical = url + (f"|{version}" if version and "|" not in url else "")
-    if len(inputs.resources) > runtime.settings.max_resources:
-        raise PayloadTooLarge(f"more than {runtime.settings.max_resources} resources in data")
-    return inputs
-
-
-def _questionnaire(runtime: Runtime, rid: str | None, inputs: PopulateInputs) -> Artifact:
-    knowledge = runtime.knowledge
-    if rid is not None:
-        found = knowledge.read("Questionnaire", rid)
-        if found is None:
-            raise NotFound(f"Questionnaire/{rid} is not known")
-        return found
-    if inputs.reference is not None:
-        parts = inputs.reference.rstrip("/").split("/")
-        if len(parts) >= 2 and parts[-2] == "Questionnaire" and "://" not in inputs.reference:
-            found = knowledge.read("Questionnaire", parts[-1])
-        else:
-            found = knowledge.by_canonical(inputs.reference, "Questionnaire")
-        if found is None:
-            raise NotFound(f"Questionnaire {inputs.reference} is not known")
-        return found
-    if not inputs.canonical:
-        raise InvalidRequest(
-            "type-level $populate needs the questionnaire: 'questionnaire', 'canonical' or ?url=",
-            expression=["questionnaire"],
-        )
-    found = knowledge.by_canonical(inputs.canonical, "Questionnaire")
-    if found is None:
-        raise NotFound(f"Questionnaire {inputs.canonical} is not known")
-    return found
-
-
-def _run_populate(runtime: Runtime, artifact: Artifact, inputs: PopulateInputs) -> dict[str, Any]:
-    compiled = runtime.knowledge.questionnaires[artifact.id]  # compiled once, at load
-    assert inputs.subject is not None
-    response, issues = populate(
-        artifact.resource, compiled, inputs.subject, inputs.resources, runtime.now()
-    )
-    parameters: list[dict[str, Any]] = [{"name": "response", "resource": response}]
-    if issues:
-        parameters.append({"name": "issues", "resource": operation_outcome(issues)})
-    return {"resourceType": "Parameters", "parameter": parameters}
-
-
-async def _populate(request: Request, runtime: Runtime, rid: str | None) -> FhirResponse:
-    inputs = await _populate_inputs(request, runtime)
-    artifact = _questionnaire(runtime, rid, inputs)
-    out = await anyio.to_thread.run_sync(
-        _run_populate, runtime, artifact, inputs, limiter=runtime.limiter
-    )
-    return FhirResponse(out)
+            canonical = url + (f"|{version}" if version and "|" not in url else "")
+    return PopulateRequest(subject, questionnaire_id, canonical, reference, tuple(resources))
 
 
 @router.get("/fhir/Questionnaire/$populate", response_class=FhirResponse)
 @router.post("/fhir/Questionnaire/$populate", response_class=FhirResponse)
-async def populate_by_canonical(request: Request, runtime: RuntimeDep) -> FhirResponse:
+async def populate_by_canonical(
+    request: Request, runtime: RuntimeDep, body: JsonBodyDep
+) -> FhirResponse:
     """Type-level SDC ``$populate`` → Parameters {response, issues?}."""
-    return await _populate(request, runtime, None)
+    inputs = populate_request(body, request.query_params, None)
+    return FhirResponse(await populate_questionnaire(runtime, inputs))
 
 
 @router.get("/fhir/Questionnaire/{rid}/$populate", response_class=FhirResponse)
 @router.post("/fhir/Questionnaire/{rid}/$populate", response_class=FhirResponse)
-async def populate_instance(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
+async def populate_instance(
+    rid: str, request: Request, runtime: RuntimeDep, body: JsonBodyDep
+) -> FhirResponse:
     """Instance-level SDC ``$populate`` → Parameters {response, issues?}."""
-    return await _populate(request, runtime, rid)
+    inputs = populate_request(body, request.query_params, rid)
+    return FhirResponse(await populate_questionnaire(runtime, inputs))
 
 
 # --------------------------------------------------------------------------------------------
 # $extract
 
 
-def _response_of(body: Any) -> dict[str, Any]:
+def extract_request(body: Any) -> ExtractRequest:
+    """The QuestionnaireResponse, raw or as ``Parameters.questionnaire-response`` (400 when
+    neither, or not valid R4)."""
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
         params = require_parameters(body)
         param = one(params, "questionnaire-response")
@@ -248,54 +183,14 @@ def _response_of(body: Any) -> dict[str, Any]:
                 "parameter 'questionnaire-response' must carry a QuestionnaireResponse",
                 expression=["questionnaire-response"],
             )
-        return parse_response(resource)
-    return parse_response(body)
-
-
-def _answered_questionnaire(runtime: Runtime, qr: dict[str, Any]) -> Artifact:
-    canonical = qr.get("questionnaire")
-    found = None
-    if isinstance(canonical, str) and canonical:
-        knowledge = runtime.knowledge
-        found = knowledge.by_canonical(canonical, "Questionnaire") or knowledge.by_canonical(
-            canonical.partition("|")[0], "Questionnaire"
-        )
-    if found is None:
-        raise BusinessRuleError(
-            f"QuestionnaireResponse.questionnaire {canonical!r} is not a questionnaire of this "
-            "service",
-            expression=("QuestionnaireResponse.questionnaire",),
-        )
-    require_questionnaire(qr, found.resource)
-    return found
-
-
-def _run_extract(runtime: Runtime, artifact: Artifact, qr: dict[str, Any]) -> dict[str, Any]:
-    problems = [i for i in validate_response(artifact.resource, qr) if i.severity == "error"]
-    if problems:
-        raise BusinessRuleError(issues=problems)
-    bundle, issues = extract_with_issues(
-        artifact.resource, qr, runtime.now(), runtime.new_id, runtime.knowledge.compiler
-    )
-    errors: list[Issue] = [i for i in issues if i.severity in ("error", "fatal")]
-    if errors:
-        raise BusinessRuleError(issues=errors)
-    return bundle
+        return ExtractRequest(parse_response(resource))
+    return ExtractRequest(parse_response(body))
 
 
 @router.post("/fhir/QuestionnaireResponse/$extract", response_class=FhirResponse)
-async def extract_response(request: Request, runtime: RuntimeDep) -> FhirResponse:
+async def extract_response(runtime: RuntimeDep, body: JsonBodyDep) -> FhirResponse:
     """SDC ``$extract`` → the bare transaction Bundle of POST entries (not executed)."""
-    settings = runtime.settings
-    body = await read_json(
-        request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
-    )
-    qr = _response_of(body)
-    artifact = _answered_questionnaire(runtime, qr)
-    out = await anyio.to_thread.run_sync(
-        _run_extract, runtime, artifact, qr, limiter=runtime.limiter
-    )
-    return FhirResponse(out)
+    return FhirResponse(await extract_questionnaire_response(runtime, extract_request(body)))
 
 
 # --------------------------------------------------------------------------------------------

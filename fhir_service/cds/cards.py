@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-EXT_BASE = "http://example.org/fhir/muscle-spasm/StructureDefinition"
+from fhir_service.canonical import EXT_BASE
+
 OVERRIDE_REASON_EXT = f"{EXT_BASE}/override-reason"
 LINK_TYPE_EXT = f"{EXT_BASE}/link-type"
 INDICATORS = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}

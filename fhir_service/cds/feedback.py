@@ -1,8 +1,8 @@
 """Validation of CDS Hooks 2.0 feedback bodies (``POST /cds-services/{id}/feedback``).
 
-The rules come from ``shared/spec/cds-hooks.md`` §1.8 and ``shared/contract.md`` (HTTP surface,
-Feedback): the body is ``{"feedback": [Feedback, ...]}`` and every item needs ``card`` and an
-RFC 3339 ``outcomeTimestamp``, and meets the invariants
+The rules come from CDS Hooks 2.0 "Feedback" (https://cds-hooks.hl7.org/2.0/#feedback): the
+body is ``{"feedback": [Feedback, ...]}`` and every item needs ``card`` and an RFC 3339
+``outcomeTimestamp``, and meets the invariants
 
 * ``cds-fb-1``: ``outcome`` is ``accepted`` or ``overridden``;
 * ``cds-fb-2``: an ``accepted`` item carries a non-empty ``acceptedSuggestions`` array of
@@ -42,7 +42,7 @@ _MAX_ISSUES = 100
 
 @dataclass(frozen=True)
 class FeedbackItem:
-    """One validated feedback entry (CDS Hooks 2.0 ``Feedback``, ``cds-hooks.md`` §1.8).
+    """One validated feedback entry (CDS Hooks 2.0 ``Feedback``).
 
     Attributes:
         card: The ``card.uuid`` the feedback is about (may be unknown to the service).
@@ -274,7 +274,7 @@ def _parse_item(raw: Any, where: str, issues: _Issues) -> FeedbackItem | None:
 
 
 def parse_feedback(body: Any) -> list[FeedbackItem]:
-    """Validate a feedback request body (CDS Hooks 2.0 §Feedback; ``cds-hooks.md`` §1.8).
+    """Validate a feedback request body (CDS Hooks 2.0 "Feedback").
 
     Args:
         body: The decoded JSON body.

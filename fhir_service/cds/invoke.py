@@ -1,6 +1,6 @@
 """One CDS Hooks service call, from the parsed request body to the cards (no HTTP here).
 
-Steps (design-anchors.md "Data flow of one CDS Hooks call"):
+Steps (CDS Hooks 2.0 "Calling a CDS Service", https://cds-hooks.hl7.org/2.0/#calling-a-cds-service):
 
 1. check the request envelope (``hook``, ``hookInstance``, ``context`` and the hook's required
    context fields; ``fhirAuthorization`` needs ``fhirServer``), strip ``Patient/`` from
@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from fhir_service.canonical import CANONICAL_BASE
 from fhir_service.cds.cards import CardContext, build_cards, sort_cards
 from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
 from fhir_service.cds.smart_link import add_smart_links
@@ -37,10 +38,11 @@ from fhir_service.engine.data import (
     reference_of,
 )
 from fhir_service.engine.evaluation import CallInput
-from fhir_service.errors import InvalidRequest, IssueLog, PayloadTooLarge
+from fhir_service.engine.patient_data import check_resource_count
+from fhir_service.errors import InvalidRequest, IssueLog
 from fhir_service.knowledge.services import CdsService
 from fhir_service.observability import tracing
-from fhir_service.runtime import CANONICAL_BASE, Runtime
+from fhir_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ CALL_BUDGET_SECONDS = 9.0
 #: The fetches always get at least this long, however late they start.
 MIN_FETCH_SECONDS = 0.5
 
-#: Required context fields per hook (CDS Hooks Library 1.0.1; cds-hooks.md §1.11).
+#: Required context fields per hook (CDS Hooks Library 1.0.1, https://cds-hooks.org/hooks/).
 REQUIRED_CONTEXT = {
     "patient-view": ("userId", "patientId"),
     "order-select": ("userId", "patientId", "selections", "draftOrders"),
@@ -170,8 +172,7 @@ def build_call_data(call: HookCall, prefetched: Mapping[str, Any], max_resources
     data = build_data_set(
         list(prefetched.values()), [drafts] if drafts else [], patient_id=call.patient_id
     )
-    if data.size > max_resources:
-        raise PayloadTooLarge(f"more than {max_resources} resources in the call")
+    check_resource_count(data.size, max_resources, "the call")
     if data.foreign:
         log.warning(
             "left out resources about another patient",
@@ -192,7 +193,7 @@ CARD_UUID_NAMESPACE = uuid.UUID("5b0c2a35-7d1e-4f0a-9a63-2f1f3c9b8e41")
 def call_uuids(service_id: str, hook_instance: str) -> Callable[[], str]:
     """Card/suggestion uuids for one call: unique per hookInstance, and the same when a client
     retries the same hookInstance, so feedback on either response joins to the same cards
-    (reliability-security-performance.md §6.2 R11)."""
+    (https://cds-hooks.hl7.org/2.0/#feedback)."""
     counter = itertools.count(1)
     return lambda: str(
         uuid.uuid5(CARD_UUID_NAMESPACE, f"{service_id}|{hook_instance}|{next(counter)}")

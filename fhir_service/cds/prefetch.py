@@ -1,4 +1,4 @@
-"""Completing a hook call's prefetch (cds-hooks.md §1.4; contract "Prefetch").
+"""Completing a hook call's prefetch (CDS Hooks 2.0 https://cds-hooks.hl7.org/2.0/#prefetch-template).
 
 Per key of the service's templates:
 
@@ -21,9 +21,10 @@ import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
 
+from fhir_service.clients import FhirFetcher
 from fhir_service.errors import Issue, PreconditionFailed
 from fhir_service.knowledge.services import PrefetchTemplate
 
@@ -36,9 +37,7 @@ USER_TOKENS = {
 }
 
 
-class Fetcher(Protocol):
-    async def fetch(self, base: str, relative: str, *, token: str | None) -> dict[str, Any] | None:
-        """GET a read or search relative to ``base`` (paging merged); raise on failure."""
+Fetcher = FhirFetcher
 
 
 class Unobtainable(Exception):

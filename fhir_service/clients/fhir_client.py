@@ -1,10 +1,11 @@
 """Outbound FHIR GETs for CDS Hooks prefetch fallback.
 
-Implements ``shared/spec/cds-hooks.md`` §1.4 (absent keys fetched from ``fhirServer``, ``next``
-followed only on the ``fhirServer`` origin) and §1.5 (the access token goes only to
-``fhirServer``, never logged), and ``shared/spec/reliability-security-performance.md`` §2.2-§2.3
-(no redirects, allowlist before every request, capped bytes and pages) and §6.2 R3-R9 (every
-upstream fault is a :class:`FhirFetchError`, which the caller turns into a 412).
+Implements CDS Hooks 2.0 "Prefetch" (https://cds-hooks.hl7.org/2.0/#prefetch-template: absent
+keys fetched from ``fhirServer``, ``next`` followed only on the ``fhirServer`` origin) and "FHIR
+Resource Access" (https://cds-hooks.hl7.org/2.0/#fhir-resource-access: the access token goes
+only to ``fhirServer``, never logged), with the outbound rules of ``docs/deployment.md`` (no
+redirects, allowlist before every request, capped bytes and pages). Every upstream fault is a
+:class:`FhirFetchError`, which the caller turns into a 412.
 
 The caller applies the overall deadline (``asyncio.timeout``); each request also carries an
 httpx timeout.
@@ -63,7 +64,7 @@ def _is_json(content_type: str | None) -> bool:
 
 
 def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    """A searchset's entries, refusing malformed ones and error OperationOutcomes (§1.4)."""
+    """A searchset's entries, refusing malformed ones and error OperationOutcomes."""
     if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "searchset":
         raise FhirFetchError("search did not return a searchset Bundle")
     entries = bundle.get("entry", [])
@@ -94,7 +95,7 @@ def _next_link(bundle: dict[str, Any]) -> str | None:
 
 
 class FhirClient:
-    """Reads and searches a client's FHIR server (cds-hooks.md §1.4-§1.5).
+    """Reads and searches a client's FHIR server (https://cds-hooks.hl7.org/2.0/#fhir-resource-access).
 
     Args:
         http: Shared async client. Redirects are disabled per request whatever its setting.

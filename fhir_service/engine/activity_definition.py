@@ -1,8 +1,9 @@
 """``ActivityDefinition/$apply`` (R4): build the request resource an ActivityDefinition describes.
 
-Spec: https://hl7.org/fhir/R4/activitydefinition-operation-apply.html and clinical-reasoning.md
-§1.5. Every created request is ``status: draft`` and ``intent: proposal`` (CPG activity flow);
-the ActivityDefinition's dynamicValues are applied in document order, then the caller's.
+Spec: https://hl7.org/fhir/R4/activitydefinition-operation-apply.html and CPG "Activity flow"
+(https://hl7.org/fhir/uv/cpg/activityflow.html). Every created request is ``status: draft`` and
+``intent: proposal``; the ActivityDefinition's dynamicValues are applied in document order, then
+the caller's.
 Only elements the request type has in R4 are written (``elements_of``).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from fhir_service import fhir
 from fhir_service.engine.evaluation import Scope
+from fhir_service.engine.expressions import FHIRPATH
 from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.values import result_value, set_path
 
@@ -114,7 +116,7 @@ def apply_dynamic_values(
         path = str(dv.get("path", "")).lstrip("%")
         expr = dv.get("expression") or {}
         where = f"{source}.dynamicValue[{index}]"
-        if expr.get("language") != "text/fhirpath" or not isinstance(expr.get("expression"), str):
+        if expr.get("language") != FHIRPATH or not isinstance(expr.get("expression"), str):
             scope.issues.warning("dynamicValue language not supported (text/fhirpath only)", where)
             continue
         try:

@@ -3,7 +3,8 @@
 Sources are lenient JSON (prefetch values, ``$apply`` ``data`` Bundles, hook context): Bundles are
 flattened, resources are de-duplicated by ``Type/id``, and contained resources are reachable by
 ``#id`` from ``resolve()``. Draft orders are kept apart from the record: they are the orders being
-decided, never current medication (clinical-rules.md §1.1 "Draft order").
+decided, never current medication (docs/authoring.md). Whose data it is and what a reference
+names are decided by ``engine.patient_data``, as for every other operation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from fhir_service.engine.patient_data import about_other_patient, resolve_reference
 
 #: Resource types that are not R4 (DSTU2/STU3 names); ignored with a warning.
 NON_R4_TYPES = frozenset(
@@ -151,14 +154,7 @@ class DataSet:
 
     def resolve(self, reference: str) -> dict[str, Any] | None:
         """The resource a reference names: ``#id``, ``Type/id`` or an absolute URL ending so."""
-        if reference.startswith("#"):
-            return self.contained.get(reference)
-        found = self.by_ref.get(reference)
-        if found is None and "/" in reference:
-            parts = reference.rstrip("/").split("/")
-            if len(parts) >= 2:
-                found = self.by_ref.get(f"{parts[-2]}/{parts[-1]}")
-        return found
+        return resolve_reference(reference, self.by_ref, self.contained)
 
     def patient(self, patient_id: str | None) -> dict[str, Any] | None:
         if patient_id:
@@ -170,35 +166,6 @@ class DataSet:
 
     def is_draft(self, resource: Mapping[str, Any]) -> bool:
         return any(resource is d for d in self.drafts)
-
-
-#: Elements that name the patient a resource is about (R4), in order of preference.
-PATIENT_ELEMENTS = ("subject", "patient", "for", "beneficiary")
-
-
-def about_other_patient(resource: Mapping[str, Any], patient_id: str | None) -> bool:
-    """True when ``resource`` is about a Patient other than ``patient_id``.
-
-    A resource naming no Patient (or a Group, a Device...) is kept. An EHR's server or a
-    prefetch may return other patients' data (a search that ignores ``patient=``): it must never
-    feed the rules.
-    """
-    if not patient_id:
-        return False
-    if resource.get("resourceType") == "Patient":
-        return resource.get("id") not in (None, patient_id)
-    for element in PATIENT_ELEMENTS:
-        ref = resource.get(element)
-        if not isinstance(ref, Mapping):
-            continue
-        target = ref.get("reference")
-        if not isinstance(target, str) or target.startswith("#"):
-            continue
-        parts = target.rstrip("/").split("/")
-        if len(parts) >= 2 and parts[-2] == "Patient":
-            return parts[-1] != patient_id
-        return False
-    return False
 
 
 def build_data_set(

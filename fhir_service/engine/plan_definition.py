@@ -1,6 +1,6 @@
 """``PlanDefinition/$apply`` (R4): walk the actions, gate them, build a RequestGroup.
 
-Steps (clinical-reasoning.md §1.3; cqframework ApplyProcessor):
+Steps (https://hl7.org/fhir/R4/plandefinition-operation-apply.html; cqframework ApplyProcessor):
 
 1. bind the call's variables (``evaluation.Scope``) and the PlanDefinition's own variables;
 2. for each action (in order): skip it when its ``named-event`` triggers do not name the hook
@@ -22,19 +22,18 @@ Nothing here knows any rule: the rule lives in ``definitions/``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from fhir_service.canonical import EXT_BASE
 from fhir_service.engine.activity_definition import apply_activity, apply_dynamic_values
 from fhir_service.engine.evaluation import CallInput, Scope, VariableDef, parameter_value
+from fhir_service.engine.expressions import FHIRPATH, parameter_defaults, variables_of
 from fhir_service.engine.fhirpath import CompiledExpression, FhirPathCompiler, as_boolean
 from fhir_service.engine.values import result_value, set_path
 from fhir_service.errors import IssueLog
-from fhir_service.knowledge.expressions import FHIRPATH, parameter_defaults, variables_of
-from fhir_service.knowledge.repository import KnowledgeBase
 
-EXT_BASE = "http://example.org/fhir/muscle-spasm/StructureDefinition"
 ACTION_TARGET_EXT = f"{EXT_BASE}/action-target"
 COPIED_ELEMENTS = (
     "id",
@@ -86,10 +85,33 @@ class ApplyResult:
     issues: IssueLog = field(default_factory=IssueLog)
 
 
+class Definition(Protocol):
+    """A knowledge artifact as the engine reads it (``knowledge.loader.Artifact``)."""
+
+    @property
+    def resource_type(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def resource(self) -> dict[str, Any]: ...
+
+
+class Definitions(Protocol):
+    """The knowledge the engine applies (``knowledge.repository.KnowledgeBase``): the engine
+    depends on this shape, never on the knowledge package."""
+
+    @property
+    def compiler(self) -> FhirPathCompiler: ...
+    def of_type(self, resource_type: str) -> Sequence[Definition]: ...
+    def by_canonical(
+        self, canonical: str, resource_type: str | None = None
+    ) -> Definition | None: ...
+
+
 class PlanEngine:
     """Applies the PlanDefinitions of a knowledge base; shared by every call (read-only)."""
 
-    def __init__(self, knowledge: KnowledgeBase) -> None:
+    def __init__(self, knowledge: Definitions) -> None:
         self.knowledge = knowledge
         self.compiler: FhirPathCompiler = knowledge.compiler
         self.library_variables: dict[str, VariableDef] = {}

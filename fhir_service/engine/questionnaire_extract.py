@@ -1,7 +1,7 @@
 """SDC ``$extract``: QuestionnaireResponse → transaction Bundle of POST entries (not executed).
 
-Two SDC mechanisms (https://hl7.org/fhir/uv/sdc/extraction.html; ``clinical-reasoning.md``
-§1.8), both driven only by the Questionnaire's metadata — this module knows no linkId or code:
+Two SDC mechanisms (https://hl7.org/fhir/uv/sdc/extraction.html), both driven only by the
+Questionnaire's metadata — this module knows no linkId or code:
 
 **Observation-based.** A question whose item, an ancestor item or the Questionnaire root carries
 ``sdc-questionnaire-observationExtract`` = true (the nearest flag wins; ``false`` switches a
@@ -46,7 +46,13 @@ from fhirpathpy.engine.nodes import ResourceNode
 
 from fhir_service import fhir
 from fhir_service.engine.fhirpath import EvaluationSession, FhirPathCompiler
-from fhir_service.engine.questionnaire_populate import fhir_instant, to_json
+from fhir_service.engine.patient_data import (
+    patient_id_of,
+    patients_own,
+    resolve_reference,
+    to_json,
+)
+from fhir_service.engine.questionnaire_populate import fhir_instant
 from fhir_service.engine.questionnaire_response import (
     Enablement,
     answer_value,
@@ -131,6 +137,8 @@ class _Extraction:
     compiler: FhirPathCompiler
     enablement: Enablement
     answers: Mapping[str, list[dict[str, Any]]]
+    #: the call's one clock, and ``resolve()`` over the response's own contained resources
+    session: EvaluationSession
     entries: list[dict[str, Any]] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
 
@@ -291,8 +299,7 @@ class _TemplateFiller:
         env = {"resource": self.work.qr, "questionnaire": self.work.questionnaire}
         try:
             compiled = self.work.compiler.compile(expression)
-            session = EvaluationSession(self.work.now)
-            return [to_json(v) for v in compiled.evaluate(focus, env, session)]
+            return [to_json(v) for v in compiled.evaluate(focus, env, self.work.session)]
         except Exception as exc:  # a template problem becomes an issue, never an error
             self.work.issues.append(
                 Issue("error", "processing", f"{expression!r} failed: {exc}", (self.location,))
@@ -383,6 +390,17 @@ class _TemplateFiller:
             node.pop(name, None)
 
 
+def _contained_resolver(qr: Mapping[str, Any]) -> Callable[[str], dict[str, Any] | None]:
+    """``resolve()`` inside templates: the response's own contained resources (``#id``), less
+    any about a patient other than the response's subject (``patient_data``)."""
+    subject = qr.get("subject")
+    patient_id = patient_id_of(subject.get("reference") if isinstance(subject, Mapping) else None)
+    inner = [c for c in qr.get("contained") or () if isinstance(c, Mapping)]
+    kept, _ = patients_own(inner, patient_id)
+    by_id = {f"#{c['id']}": dict(c) for c in kept if isinstance(c.get("id"), str)}
+    return lambda reference: resolve_reference(reference, {}, by_id)
+
+
 def extract_with_issues(
     questionnaire: Mapping[str, Any],
     qr: Mapping[str, Any],
@@ -414,6 +432,7 @@ def extract_with_issues(
         compiler=compiler or FhirPathCompiler(),
         enablement=Enablement(index_questionnaire(questionnaire), answers),
         answers=answers,
+        session=EvaluationSession(now, _contained_resolver(qr)),
     )
     root_observe = _flag(questionnaire, OBSERVATION_EXTRACT_URL) is True
     root_category = [e["valueCodeableConcept"] for e in _extensions(questionnaire, CATEGORY_URL)]

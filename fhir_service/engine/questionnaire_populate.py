@@ -1,7 +1,7 @@
 """SDC ``$populate``: expression-based population of a QuestionnaireResponse.
 
 Implements the expression-based mechanism of SDC "Populating a Questionnaire"
-(https://hl7.org/fhir/uv/sdc/populate.html#exp-pop; ``clinical-reasoning.md`` §1.8). The
+(https://hl7.org/fhir/uv/sdc/populate.html#exp-pop). The
 Questionnaire says everything; this module knows no linkId, code or look-back window:
 
 * ``sdc-questionnaire-launchContext`` names the launch resources. ``patient`` is bound to the
@@ -35,15 +35,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from fhirpathpy.engine.nodes import FP_Quantity, FP_TimeBase
-
 from fhir_service import fhir
+from fhir_service.engine.expressions import FHIRPATH
 from fhir_service.engine.fhirpath import (
     CompiledExpression,
     EvaluationSession,
     FhirPathCompiler,
+)
+from fhir_service.engine.patient_data import (
+    patient_id_of,
+    patients_own,
+    reference_key,
+    resolve_reference,
+    to_json,
 )
 from fhir_service.engine.questionnaire_response import (
     Enablement,
@@ -62,7 +69,6 @@ SDC = "http://hl7.org/fhir/uv/sdc/StructureDefinition"
 LAUNCH_CONTEXT_URL = f"{SDC}/sdc-questionnaire-launchContext"
 INITIAL_EXPRESSION_URL = f"{SDC}/sdc-questionnaire-initialExpression"
 VARIABLE_URL = "http://hl7.org/fhir/StructureDefinition/variable"
-FHIRPATH = "text/fhirpath"
 #: Variables the engine binds itself (besides launch contexts, variables and data types).
 ENGINE_VARIABLES = frozenset({"resource", "questionnaire", "qitem"})
 
@@ -217,24 +223,6 @@ def compile_questionnaire(
 # Value conversion
 
 
-def to_json(value: Any) -> Any:
-    """A FHIRPath result as FHIR JSON (Decimal → int/float, Date/Time → string, Quantity)."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, FP_TimeBase):
-        return value.asStr
-    if isinstance(value, FP_Quantity):
-        unit = str(value.unit).strip("'")
-        return {"value": to_json(Decimal(str(value.value))), "unit": unit}
-    if isinstance(value, Mapping):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    return value
-
-
 def _whole(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -330,26 +318,6 @@ def fhir_instant(moment: datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def _reference_key(reference: Any) -> str | None:
-    """``Type/id`` of a literal reference (absolute URLs and ``_history`` stripped)."""
-    if not isinstance(reference, str) or reference.startswith(("#", "urn:")):
-        return None
-    parts = reference.split("/_history/")[0].rstrip("/").split("/")
-    return "/".join(parts[-2:]) if len(parts) >= 2 else None
-
-
-def _about_other_patient(resource: Mapping[str, Any], subject_key: str | None) -> bool:
-    if subject_key is None:
-        return False
-    for element in ("subject", "patient"):
-        ref = resource.get(element)
-        if isinstance(ref, Mapping):
-            key = _reference_key(ref.get("reference"))
-            if key is not None and key != subject_key:
-                return True
-    return False
-
-
 @dataclass
 class _Population:
     questionnaire: Mapping[str, Any]
@@ -441,16 +409,6 @@ def _nest(items: Any, answers: Mapping[str, list[dict[str, Any]]]) -> list[dict[
     return out
 
 
-def _resolver(resources: Sequence[Mapping[str, Any]]) -> Callable[[str], dict[str, Any] | None]:
-    by_key = {f"{r.get('resourceType')}/{r.get('id')}": dict(r) for r in resources if r.get("id")}
-
-    def resolve(reference: str) -> dict[str, Any] | None:
-        key = _reference_key(reference)
-        return by_key.get(key) if key else None
-
-    return resolve
-
-
 def populate(
     questionnaire: Mapping[str, Any],
     compiled: CompiledQuestionnaire,
@@ -478,16 +436,17 @@ def populate(
         The QuestionnaireResponse and the issues met (never raises for data problems).
     """
     issues: list[Issue] = []
-    subject_key = _reference_key(subject.get("reference"))
-    data = [r for r in resources if not _about_other_patient(r, subject_key)]
-    if len(data) < len(resources):
+    subject_key = reference_key(subject.get("reference"))
+    data, foreign = patients_own(resources, patient_id_of(subject.get("reference")))
+    if foreign:
         issues.append(
             Issue(
                 "information",
                 "informational",
-                f"{len(resources) - len(data)} resource(s) about another subject were ignored",
+                f"{foreign} resource(s) about another subject were ignored",
             )
         )
+    by_key = {f"{r.get('resourceType')}/{r.get('id')}": dict(r) for r in data if r.get("id")}
     qr: dict[str, Any] = {
         "resourceType": "QuestionnaireResponse",
         "questionnaire": compiled.canonical,
@@ -505,7 +464,8 @@ def populate(
         ]
     for type_name in compiled.data_types:
         env[type_name] = [r for r in data if r.get("resourceType") == type_name]
-    work = _Population(questionnaire, compiled, issues, EvaluationSession(now, _resolver(data)))
+    session = EvaluationSession(now, partial(resolve_reference, by_key=by_key))
+    work = _Population(questionnaire, compiled, issues, session)
     work.bind(compiled.variables, env)
     work.walk(questionnaire.get("item"), env)
     enablement = Enablement(index_questionnaire(questionnaire), work.answers)

@@ -4,11 +4,11 @@ Shared by ``$populate`` (which drops answers of disabled items), ``$extract`` (w
 the response first) and the CDS rules (which read an Assessment QR's answers).
 
 Answers are found by ``linkId`` at any depth — under groups, under other items, under answers,
-or at the top level — as ``shared/spec/clinical-rules.md`` §1.1 ("Assessment QR") requires; a
+or at the top level — as the assessment rules of ``docs/authoring.md`` require; a
 response therefore does not have to mirror the Questionnaire's group structure.
 
 Validation follows SDC "Validating QuestionnaireResponses"
-(https://hl7.org/fhir/uv/sdc/behavior.html, ``clinical-reasoning.md`` §1.8) and R4
+(https://hl7.org/fhir/uv/sdc/behavior.html) and R4
 https://hl7.org/fhir/R4/questionnaireresponse.html: every answer belongs to a known question,
 has the value type of that question's ``type``, belongs to its ``answerOption`` list, meets the
 ``minValue``/``maxValue``/``maxLength`` constraints and ``repeats``; answers are given only to
@@ -106,7 +106,7 @@ def canonical_of(questionnaire: Mapping[str, Any]) -> str:
 def refers_to(canonical: Any, questionnaire: Mapping[str, Any]) -> bool:
     """True when ``canonical`` names ``questionnaire``: its url, with or without ``|version``.
 
-    See ``shared/contract.md`` (last section): any version of the url counts.
+    Any version of the url counts (``docs/authoring.md``, "Files and identity").
     """
     if not isinstance(canonical, str) or not canonical:
         return False

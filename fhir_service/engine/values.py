@@ -1,55 +1,13 @@
-"""Converting FHIRPath results to JSON and writing them at a dynamicValue ``path``."""
+"""Writing FHIRPath results at a dynamicValue ``path`` (to JSON: ``patient_data.to_json``)."""
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Any
 
-from fhirpathpy.engine.nodes import FP_Quantity, FP_TimeBase, ResourceNode
+from fhir_service.engine.patient_data import to_json as to_json  # re-exported
 
-UCUM = "http://unitsofmeasure.org"
-CALENDAR_UCUM = {
-    "year": "a",
-    "years": "a",
-    "month": "mo",
-    "months": "mo",
-    "week": "wk",
-    "weeks": "wk",
-    "day": "d",
-    "days": "d",
-    "hour": "h",
-    "hours": "h",
-    "minute": "min",
-    "minutes": "min",
-    "second": "s",
-    "seconds": "s",
-}
 _SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
-
-
-def to_json(value: Any) -> Any:
-    """One FHIRPath result item as plain JSON (Quantity → FHIR Quantity, dates → strings)."""
-    if isinstance(value, ResourceNode):
-        return to_json(value.data)
-    if isinstance(value, FP_Quantity):
-        unit = str(value.unit).strip("'")
-        number = float(value.value) if isinstance(value.value, Decimal) else value.value
-        if isinstance(number, float) and number.is_integer():
-            number = int(number)
-        out: dict[str, Any] = {"value": number, "unit": unit, "system": UCUM}
-        out["code"] = CALENDAR_UCUM.get(unit, unit)
-        return out
-    if isinstance(value, FP_TimeBase):
-        return str(value)
-    if isinstance(value, Decimal):
-        number = float(value)
-        return int(number) if number.is_integer() else number
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    return value
 
 
 def result_value(result: list[Any]) -> Any:

@@ -20,7 +20,7 @@ Checks (each failure names the file and the problem; all problems are reported a
    are global and must be unique — or a variable of that PlanDefinition), and variables do not
    depend on themselves.
 
-See design-anchors.md lesson 5 and https://hl7.org/fhir/R4/plandefinition.html.
+See docs/authoring.md ("Checking your work") and https://hl7.org/fhir/R4/plandefinition.html.
 """
 
 from __future__ import annotations
@@ -33,16 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from fhir_service import fhir
-from fhir_service.engine.fhirpath import FhirPathCompiler
-from fhir_service.engine.questionnaire_populate import compile_questionnaire
-from fhir_service.engine.terminology import Terminology, unsupported_compose
-from fhir_service.engine.values import is_simple_path
-from fhir_service.knowledge.expressions import (
+from fhir_service.canonical import CANONICAL_BASE
+from fhir_service.engine.expressions import (
+    ENGINE_VARIABLES,
     FHIRPATH,
     VARIABLE_EXT,
     iter_expressions,
     variables_of,
 )
+from fhir_service.engine.fhirpath import FhirPathCompiler
+from fhir_service.engine.questionnaire_populate import compile_questionnaire
+from fhir_service.engine.terminology import Terminology, unsupported_compose
+from fhir_service.engine.values import is_simple_path
 
 KNOWLEDGE_TYPES = (
     "PlanDefinition",
@@ -52,14 +54,10 @@ KNOWLEDGE_TYPES = (
     "ValueSet",
     "CodeSystem",
 )
-#: Variables the engine binds for every PlanDefinition evaluation (README "Writing rules").
-ENGINE_VARIABLES = frozenset({"patient", "now", "today", "draftOrders", "triggers"})
 #: ``memberOf('<url>')``/``ingredients('<url>')``, as a method (``code.memberOf(...)``) or as a
 #: bare invocation on ``$this`` (``where(memberOf(...))``).
 VALUESET_ARG_RE = re.compile(r"(?<![\w$])(?:memberOf|ingredients)\(\s*'([^']+)'\s*\)")
 VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: The canonical base of every knowledge artifact (contract, last section).
-CANONICAL_BASE = "http://example.org/fhir/muscle-spasm"
 #: R4 ``ActivityDefinition.kind`` (RequestResourceType) values the engine can build.
 REQUEST_KINDS = frozenset(
     {

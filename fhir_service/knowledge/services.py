@@ -10,7 +10,8 @@
   (``cqf-fhirQueryPattern``, key from our ``prefetch-key`` extension) whose type the service's
   rules actually read — found by following every ``%variable`` their expressions use.
 
-Spec: HL7 cds-hooks-clinical-reasoning (CDS on FHIR), cds-hooks.md §1.2 and §1.4.
+Spec: HL7 cds-hooks-clinical-reasoning (CDS on FHIR), CDS Hooks 2.0 discovery and prefetch
+(https://cds-hooks.hl7.org/2.0/#discovery).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_service import fhir
+from fhir_service.engine.expressions import iter_expressions, variables_of
 from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.plan_definition import hooks_of, plan_hooks
-from fhir_service.knowledge.expressions import iter_expressions, variables_of
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.knowledge.repository import KnowledgeBase
 

@@ -28,7 +28,7 @@ from fhir_service.observability.metrics import (
 if TYPE_CHECKING:
     from fhir_service.cds.prefetch import Fetcher
     from fhir_service.runtime import Runtime
-    from fhir_service.store.sql import RecordedFeedback
+    from fhir_service.store.records import RecordedFeedback
 
 
 def fetch_outcome(reason: str) -> str:

@@ -44,7 +44,7 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from fhir_service.store.sql import RecordedFeedback
+    from fhir_service.store.records import RecordedFeedback
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The CDS Hooks service-call route (contract "HTTP surface").

@@ -1,4 +1,18 @@
 """Security: outbound allowlist (SSRF guard) and CDS client JWT verification.
 
-See ``shared/contract.md`` (Settings) and ``shared/spec/cds-hooks.md`` §1.9.
+See README "Settings" and CDS Hooks 2.0 https://cds-hooks.hl7.org/2.0/#trusting-cds-clients.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class ClientVerifier(Protocol):
+    """Checks a CDS client's bearer JWT (``security.jwt.JwtVerifier``)."""
+
+    async def verify(
+        self, authorization: str | None, audience: str | Sequence[str]
+    ) -> dict[str, Any]:
+        """The token's claims; raises ``errors.Unauthorized`` when it is not acceptable."""

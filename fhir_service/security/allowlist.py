@@ -1,7 +1,7 @@
 """Outbound allowlist for ``fhirServer`` and ``jku`` URLs (SSRF guard).
 
-Implements ``shared/contract.md`` (Settings, "Allowlist") and
-``shared/spec/reliability-security-performance.md`` §2.3 (controls 1-3) and §6.3 (X1-X12).
+Implements the ``FHIR_SERVICE_FHIR_SERVER_ALLOWLIST`` setting (README "Settings") and the
+outbound-call controls of ``docs/deployment.md``; the attacks it stops are in ``tests/security``.
 
 URLs are parsed with :class:`httpx.URL`, the parser the outbound client itself uses, so the
 origin that is checked is the origin that is called (no parser differential). An explicit entry
@@ -177,7 +177,7 @@ def is_public_address(address: IPAddress) -> bool:
 
 
 class Allowlist:
-    """Decides which outbound URLs may be called (contract.md, Settings, "Allowlist").
+    """Decides which outbound URLs may be called (README "Settings").
 
     Args:
         entries: ``*`` and/or ``scheme://host[:port][/path]`` entries. Empty: nothing admitted.

@@ -1,8 +1,9 @@
 """CDS client JWT verification.
 
-Implements ``shared/spec/cds-hooks.md`` §1.9 and ``shared/contract.md`` (Settings: "Trusted
-issuers", "Public base URL", "Auth"), checked by ``shared/spec/reliability-security-performance.md``
-§2.1 and §6.3 (S1-S20).
+Implements CDS Hooks 2.0 "Trusting CDS Clients"
+(https://cds-hooks.hl7.org/2.0/#trusting-cds-clients) with the settings of README "Settings"
+("Trusted issuers", "Public base URL", "Auth"); the attacks it stops are pinned by
+``tests/unit/test_jwt.py`` and ``tests/api/test_cds_hooks_jwt.py``.
 
 Order of checks: bearer syntax; header (``typ`` JWT, ``kid``, asymmetric ``alg``); ``iss`` on
 the trusted list; the issuer's own keys (``jku`` binding checked, and allowlisted, before any
@@ -172,7 +173,7 @@ class _InlineKeys:
 
 
 class _RemoteKeys:
-    """An issuer bound to one ``jku`` URL: cached set, bounded re-fetches (contract.md)."""
+    """An issuer bound to one ``jku`` URL: cached set, bounded re-fetches."""
 
     def __init__(
         self,
@@ -359,7 +360,7 @@ class JwtVerifier:
     """Verifies the CDS client JWT of discovery, service and feedback calls.
 
     Args:
-        issuers: ``{iss: {"jku": url}}`` or ``{iss: {"jwks": {...}}}`` (contract.md).
+        issuers: ``{iss: {"jku": url}}`` or ``{iss: {"jwks": {...}}}`` (README "Settings").
         allowlist: Must admit a ``jku`` before it is fetched.
         http: Client for JWKS fetches (redirects are never followed).
         replay: Records ``(iss, jti)``; a second use is refused.

@@ -1,5 +1,17 @@
-"""Persistence: issued cards, CDS Hooks feedback and the JWT replay cache (``store.sql``)."""
+"""Persistence: issued cards, CDS Hooks feedback and the JWT replay cache.
 
-from fhir_service.store.sql import FeedbackResult, IssuedCard, SqlStore, StoreUnavailable
+``store.records`` holds the records and the :class:`Store` boundary; ``store.sql`` the SQLAlchemy
+implementation.
+"""
 
-__all__ = ["FeedbackResult", "IssuedCard", "SqlStore", "StoreUnavailable"]
+from fhir_service.store.records import FeedbackEntry, FeedbackResult, IssuedCard, Store
+from fhir_service.store.sql import SqlStore, StoreUnavailable
+
+__all__ = [
+    "FeedbackEntry",
+    "FeedbackResult",
+    "IssuedCard",
+    "SqlStore",
+    "Store",
+    "StoreUnavailable",
+]

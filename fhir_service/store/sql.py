@@ -1,6 +1,6 @@
 """Durable store for issued cards, feedback and the JWT replay cache (SQLAlchemy, sync).
 
-Why it exists (``shared/spec/cds-hooks.md`` §1.8 and §1.9, ``shared/contract.md``):
+Why it exists (CDS Hooks 2.0 https://cds-hooks.hl7.org/2.0/#feedback and #trusting-cds-clients):
 
 * Feedback carries no ``hookInstance``: to join an outcome back to the invocation the service
   keeps ``card uuid → (service id, hookInstance, rule)`` when it answers a hook call
@@ -8,9 +8,9 @@ Why it exists (``shared/spec/cds-hooks.md`` §1.8 and §1.9, ``shared/contract.m
 * Feedback is answered 200 for unknown card uuids (stored, counted and logged as *unmatched*) and
   for repeated items, which are idempotent: the identity of an item is (service id, card,
   outcome, outcomeTimestamp, accepted suggestion ids, override reason) and a unique key on its
-  digest keeps it stored once (``reliability-security-performance.md`` §6.2 R12).
-* A ``jti`` is accepted once (§1.9 "jti not seen before, kept for the max token lifetime"); the
-  cache lives in the database so that every replica sees the same ``jti`` values.
+  digest keeps it stored once.
+* A ``jti`` is accepted once (CDS Hooks 2.0: a ``jti`` not seen before, kept for the token's
+  lifetime); the cache lives in the database so that every replica sees the same ``jti`` values.
 * When the database cannot be reached or written (server down, SQLite file locked beyond the busy
   timeout, unwritable path) every operation raises :class:`StoreUnavailable`, a 503
   :class:`~fhir_service.errors.ServiceUnavailable`, so the API answers 503 + OperationOutcome.
@@ -35,10 +35,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 from sqlalchemy import (
     BigInteger,
@@ -69,8 +68,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from fhir_service.cds.feedback import FeedbackItem
 from fhir_service.errors import ServiceUnavailable
+from fhir_service.store.records import (
+    FeedbackEntry,
+    FeedbackResult,
+    IssuedCard,
+    RecordedFeedback,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,50 +101,6 @@ class StoreUnavailable(ServiceUnavailable):
             headers={"Retry-After": "5"},
         )
         self.operation = operation
-
-
-@dataclass(frozen=True)
-class IssuedCard:
-    """A card the service returned, remembered so that feedback can be joined to it.
-
-    Attributes:
-        card_uuid: ``card.uuid`` as sent to the client.
-        rule_id: The rule that made the card (``card.source.topic.code``, e.g. ``MS-01``).
-        indicator: ``card.indicator`` (``info``, ``warning`` or ``critical``).
-        suggestion_uuids: ``card.suggestions[].uuid``, in card order.
-    """
-
-    card_uuid: str
-    rule_id: str
-    indicator: str
-    suggestion_uuids: tuple[str, ...]
-
-
-class RecordedFeedback(NamedTuple):
-    """One newly stored feedback item, as metrics count it (no free text)."""
-
-    rule_id: str | None
-    outcome: str
-    reason_system: str | None
-    reason_code: str | None
-
-
-@dataclass(frozen=True)
-class FeedbackResult:
-    """What :meth:`SqlStore.record_feedback` did with one request's items.
-
-    Attributes:
-        stored: Items newly stored.
-        duplicates: Items already stored (an earlier request, or earlier in the same one).
-            ``stored + duplicates`` is the number of items.
-        unmatched: Items, stored or duplicate, whose card uuid this service never issued.
-        recorded: Each item newly stored, by rule (metrics; not part of equality).
-    """
-
-    stored: int
-    duplicates: int
-    unmatched: int
-    recorded: tuple[RecordedFeedback, ...] = field(default=(), compare=False)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -234,7 +194,7 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def _identity(service_id: str, item: FeedbackItem, instant: datetime) -> str:
+def _identity(service_id: str, item: FeedbackEntry, instant: datetime) -> str:
     """Digest of what makes a feedback item the same item (its identity, not its arrival)."""
     return _digest(
         [
@@ -279,7 +239,7 @@ class SqlStore:
             PostgreSQL ``lock_timeout``), a connection (pool and ``connect_timeout``) before it
             gives up with :class:`StoreUnavailable`.
         jti_leeway_seconds: How long after ``exp`` a ``jti`` is still remembered; the JWT check
-            accepts tokens up to 60 s after ``exp`` (``contract.md``, Auth), so the cache must
+            accepts tokens up to 60 s after ``exp`` (README "Settings"), so the cache must
             keep them at least that long.
         clock: Wall clock in epoch seconds for the replay cache (never ``FHIR_SERVICE_NOW``).
 
@@ -473,7 +433,7 @@ class SqlStore:
         """Remember the cards of one hook answer so that their feedback can be joined.
 
         Idempotent: a card already recorded for ``service_id`` keeps its first record (a
-        repeated ``hookInstance`` yields the same card uuids, ``reliability-…`` §6.2 R11).
+        repeated ``hookInstance`` yields the same card uuids, see ``cds.invoke.call_uuids``).
 
         Args:
             service_id: The CDS service that answered.
@@ -522,9 +482,9 @@ class SqlStore:
         return found
 
     def record_feedback(
-        self, service_id: str, items: Sequence[FeedbackItem], received_at: datetime
+        self, service_id: str, items: Sequence[FeedbackEntry], received_at: datetime
     ) -> FeedbackResult:
-        """Store validated feedback items once each (``cds-hooks.md`` §1.8; R12).
+        """Store validated feedback items once each (https://cds-hooks.hl7.org/2.0/#feedback).
 
         An item's identity is (service id, card, outcome, outcomeTimestamp as an instant,
         accepted suggestion ids as a set, override reason code/system and comment); an item

@@ -1,8 +1,8 @@
 """The assessment page in a real browser: LHC-Forms in Debian Chromium, driven by Playwright.
 
 A uvicorn server on a free loopback port serves the app (auth off, clock = now); Playwright
-drives ``/usr/bin/chromium`` (its own browser download cannot work offline; flags from
-``shared/spec/ecosystem.md`` §3). ``scripts/browser-deps.sh`` is run first when Chromium,
+drives ``/usr/bin/chromium`` (its own browser download cannot work offline; flags as in
+``scripts/browser-deps.sh``). ``scripts/browser-deps.sh`` is run first when Chromium,
 lforms or Playwright is missing; the tests skip only when Chromium cannot be installed.
 Screenshots go to ``tests/_artifacts/``.
 """

@@ -43,7 +43,7 @@ from fhir_service.engine.fhirpath import (  # noqa: E402
 )
 from fhir_service.engine.terminology import Terminology  # noqa: E402
 from fhir_service.errors import IssueLog  # noqa: E402
-from fhir_service.knowledge.expressions import FHIRPATH  # noqa: E402
+from fhir_service.engine.expressions import FHIRPATH  # noqa: E402
 from fhir_service.runtime import build_runtime  # noqa: E402
 from fhir_service.settings import Settings  # noqa: E402
 from tests.fhirpath.plain import PlainArm, outcome  # noqa: E402

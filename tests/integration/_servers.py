@@ -1,8 +1,8 @@
 """Real servers on loopback for the integration tests: our service under uvicorn and SEKMET.
 
 Nothing here needs the internet at test time. SEKMET (``sekmet-fhir==0.1.1``, a FastAPI +
-SQLite FHIR R4 server; ``shared/spec/ecosystem.md`` §4) lives in its own virtual environment,
-``.venv-ehr`` at the repository root, so that its 51 packages never enter the service's
+SQLite FHIR R4 server; see ``docs/deployment.md``, "A local test EHR") lives in its own virtual
+environment, ``.venv-ehr`` at the repository root, so that its 51 packages never enter the service's
 ``.venv``. :func:`sekmet_executable` creates that environment when it is missing (idempotent;
 the one step that reaches PyPI) and the tests skip, with the pip output as the reason, only when
 it cannot be installed.

@@ -1,4 +1,4 @@
-"""The CDS Hooks Sandbox as a client (``cds-hooks/sandbox`` @ 3b7e255; shared/spec/cds-hooks.md §2).
+"""The CDS Hooks Sandbox as a client (``cds-hooks/sandbox`` @ 3b7e255; docs/deployment.md).
 
 Every request below has the exact shape the sandbox sends from the browser: an ES384 JWT with
 ``kid``/``jku`` from issuer ``https://sandbox.cds-hooks.org`` and ``aud`` = the URL called, an

@@ -1,4 +1,4 @@
-"""Feedback body validation (shared/spec/cds-hooks.md §1.8; contract.md, Feedback; R12)."""
+"""Feedback body validation (CDS Hooks 2.0 https://cds-hooks.hl7.org/2.0/#feedback)."""
 
 from __future__ import annotations
 

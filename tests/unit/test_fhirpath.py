@@ -367,7 +367,7 @@ def test_serving_calls_compiles_nothing_after_start_up(
 
 
 def test_every_expression_of_the_knowledge_is_compiled_at_start_up(served: TestClient) -> None:
-    from fhir_service.knowledge.expressions import iter_expressions
+    from fhir_service.engine.expressions import iter_expressions
 
     runtime = served.app.state.runtime  # type: ignore[attr-defined]
     compiler: FhirPathCompiler = runtime.engine.compiler

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from fhir_service.engine.fhirpath import FhirPathCompiler, fhir_date, quantity
+from fhir_service.engine.patient_data import to_json
 from fhir_service.engine.questionnaire_populate import (
     compile_questionnaire,
     fhir_instant,
     populate,
     to_answer,
-    to_json,
 )
 from fhir_service.engine.questionnaire_response import find_answers
 
@@ -376,7 +376,7 @@ def test_launch_context_types_and_conversions() -> None:
         "name": {"valueString": "Jane"},
         "born": {"valueDate": "1960-07-15"},
         "today": {"valueDate": "2026-12-01"},
-        "when": {"valueDateTime": "2026-12-01T12:00:00.000+00:00"},
+        "when": {"valueDateTime": "2026-12-01T12:00:00+00:00"},  # as the rule engine writes it
         "age": {"valueInteger": 66},
         "weight": {"valueDecimal": 70.5},
         "dead": {"valueBoolean": False},
@@ -395,7 +395,8 @@ def test_patient_context_is_empty_without_the_patient() -> None:
     response, issues = run_synthetic(
         q, [{"resourceType": "Patient", "id": "p2", "name": [{"given": ["X"]}]}]
     )
-    assert "item" not in response and issues == []
+    assert "item" not in response  # another Patient is left out, as by the rules (patient_data)
+    assert [i.diagnostics for i in issues] == ["1 resource(s) about another subject were ignored"]
 
 
 def test_data_problems_become_issues() -> None:
@@ -519,7 +520,7 @@ def test_helpers() -> None:
     assert to_json(Decimal("2.50")) == 2.5
     assert to_json([fhir_date(NOW), quantity(3, "kg")]) == [
         "2026-12-01",
-        {"value": 3, "unit": "kg"},
+        {"value": 3, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"},
     ]
     assert to_answer({"type": "integer"}, Decimal("2.5")) is None
     assert to_answer({"type": "integer"}, True) is None

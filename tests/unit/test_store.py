@@ -1,4 +1,4 @@
-"""SqlStore on SQLite files (shared/spec/cds-hooks.md §1.8-1.9; reliability §6.2 R12).
+"""SqlStore on SQLite files (CDS Hooks 2.0 feedback and jti replay; idempotent feedback).
 
 ``StoreContract`` holds the behaviour every database must show; ``tests/postgres`` runs the same
 class against a real PostgreSQL server. The SQLite-only tests below it cover the file handling,

@@ -1,8 +1,8 @@
 """Content checks for the terminology artifacts (ValueSets, rule CodeSystem, ActivityDefinitions).
 
 Covers definitions/ValueSet-*.json, definitions/CodeSystem-rule.json and
-definitions/ActivityDefinition-*.json against the conventions of shared/contract.md and
-shared/spec/clinical-rules.md §3 (codes, verification tiers, published OIDs).
+definitions/ActivityDefinition-*.json against the conventions of docs/terminology.md and
+docs/authoring.md (codes, verification tiers, published OIDs).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """FHIRPath (``text/fhirpath``) compiled once, evaluated many times, over plain JSON dicts.
 
 Wraps fhirpathpy 2.2.4 with the R4 model (needed for choice types such as ``value[x]``; see
-``shared/spec/ecosystem.md`` §2) and adds the functions our knowledge artifacts use:
+https://hl7.org/fhirpath/N1/) and adds the functions our knowledge artifacts use:
 
 ``memberOf(url)``
     Coding/CodeableConcept membership in a ValueSet of ``definitions/`` (``terminology.py``).

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+#: ``Expression.language`` of FHIRPath (https://hl7.org/fhir/R4/valueset-expression-language.html).
 FHIRPATH = "text/fhirpath"
 VARIABLE_EXT = "http://hl7.org/fhir/StructureDefinition/variable"
 DEFAULT_VALUE_EXT = "http://hl7.org/fhir/StructureDefinition/cqf-defaultValue"
+#: Variables the engine binds in every rule evaluation (docs/authoring.md, "Expressions").
+ENGINE_VARIABLES = frozenset({"patient", "now", "today", "draftOrders", "triggers"})
 
 
 def iter_expressions(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
