@@ -1,0 +1,95 @@
+"""The Revision 2 terminology cases against a real FHIR R4 server (SEKMET on loopback).
+
+Each golden scenario marked ``"fallback": true`` (tests/scenarios, docs/terminology.md) is loaded
+into SEKMET as a patient of its own (a transaction Bundle built from the scenario's prefetch), and
+the service, given only ``fhirServer`` (no prefetch), must fetch it over HTTP and return the cards
+of the scenario's ``expected.json`` (rule, indicator, summary): a descendant ICD-10-CM code, a
+SNOMED CT code, an ingredient-only RxNorm code or a dotless / lower-case code reaches the same
+card through a real server as through prefetch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import make_app
+from tests.integration._servers import load_transaction
+from tests.integration.conftest import Ehr
+from tests.scenarios.test_fallback_parity import FALLBACK
+
+pytestmark = pytest.mark.slow
+
+NOW = datetime.fromisoformat("2026-12-01T12:00:00+00:00")
+DEFAULT_PATIENT = {"resourceType": "Patient", "gender": "female", "birthDate": "1978-04-12"}
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def patient_bundle(prefetch: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A transaction creating the scenario's patient and every resource of its prefetch."""
+    patient_urn = f"urn:uuid:{uuid.uuid4()}"
+    patient = copy.deepcopy(prefetch.get("patient") or DEFAULT_PATIENT)
+    patient.pop("id", None)
+    entries = [
+        {
+            "fullUrl": patient_urn,
+            "resource": patient,
+            "request": {"method": "POST", "url": "Patient"},
+        }
+    ]
+    for key, value in prefetch.items():
+        if key == "patient" or not value:
+            continue
+        for entry in value.get("entry", []):
+            resource = copy.deepcopy(entry["resource"])
+            resource.pop("id", None)
+            text = json.dumps(resource).replace('"Patient/p1"', json.dumps(patient_urn))
+            entries.append(
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": json.loads(text),
+                    "request": {"method": "POST", "url": resource["resourceType"]},
+                }
+            )
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    return bundle, patient_urn
+
+
+def cards(body: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return sorted(
+        (c["source"]["topic"]["code"], c["indicator"], c["summary"]) for c in body["cards"]
+    )
+
+
+@pytest.fixture(scope="module")
+def client(ehr: Ehr, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    app = make_app(tmp_path_factory.mktemp("app"), now=NOW, fhir_server_allowlist=(ehr.origin,))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("folder", FALLBACK, ids=[f"{p.parent.name}/{p.name}" for p in FALLBACK])
+def test_case_through_a_real_fhir_server(folder: Path, ehr: Ehr, client: TestClient) -> None:
+    assert _load(folder / "scenario.json")["now"] == "2026-12-01T12:00:00Z"
+    request = _load(folder / "request.json")
+    bundle, patient_urn = patient_bundle(request.pop("prefetch"))
+    patient_id = load_transaction(ehr.base, bundle)[patient_urn].split("/", 1)[1]
+    request = json.loads(json.dumps(request).replace('"Patient/p1"', f'"Patient/{patient_id}"'))
+    request["context"]["patientId"] = patient_id
+    request["fhirServer"] = ehr.base
+
+    response = client.post(f"/cds-services/{folder.parent.name}", json=request)
+
+    assert response.status_code == 200, response.text
+    assert cards(response.json()) == cards(_load(folder / "expected.json"))
