@@ -12,7 +12,9 @@ Checks (each failure names the file and the problem; all problems are reported a
    (without a cycle of nested PlanDefinitions), ``memberOf()``/``ingredients()`` value sets,
    ``answerValueSet``; an ActivityDefinition ``kind`` is a request resource type; a ValueSet's
    compose uses only what membership honours (concept lists, ``concept is-a`` filters,
-   excluded concepts);
+   excluded concepts); an action's ``override-reasons`` names a CodeSystem, and every top-level
+   rule action whose card is a warning or critical (``priority`` urgent/asap/stat) offers
+   override reasons (clinical-rules R2.6, docs/authoring.md);
 6. every FHIRPath expression compiles; PlanDefinition, ActivityDefinition and Library logic
    (conditions, dynamicValues, variables) is ``text/fhirpath`` with simple dynamicValue paths;
    every ``%variable`` of a PlanDefinition, ActivityDefinition or Library expression is defined
@@ -58,6 +60,9 @@ ENGINE_VARIABLES = frozenset({"patient", "now", "today", "draftOrders", "trigger
 #: bare invocation on ``$this`` (``where(memberOf(...))``).
 VALUESET_ARG_RE = re.compile(r"(?<![\w$])(?:memberOf|ingredients)\(\s*'([^']+)'\s*\)")
 VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+OVERRIDE_REASONS_EXT = "http://example.org/fhir/muscle-spasm/StructureDefinition/override-reasons"
+#: ``priority`` codes whose card is a warning or a critical (cards.INDICATORS)
+OVERRIDABLE_PRIORITIES = frozenset({"urgent", "asap", "stat"})
 #: The canonical base of every knowledge artifact (contract, last section).
 CANONICAL_BASE = "http://example.org/fhir/muscle-spasm"
 #: R4 ``ActivityDefinition.kind`` (RequestResourceType) values the engine can build.
@@ -191,7 +196,7 @@ def check_references(artifacts: list[Artifact]) -> list[str]:
                         action["definitionCanonical"],
                         ("ActivityDefinition", "PlanDefinition"),
                     )
-        problems += _content_problems(art)
+        problems += _content_problems(art) + _override_problems(art, targets)
         for path, expr in iter_expressions(res, art.resource_type):
             for vs in VALUESET_ARG_RE.findall(expr["expression"]):
                 need(art, f"{path} value set", vs, ("ValueSet",))
@@ -200,6 +205,29 @@ def check_references(artifacts: list[Artifact]) -> list[str]:
             for path, node in _iter_key(res, "answerValueSet", "Questionnaire"):
                 if node not in contained:
                     need(art, path, node, ("ValueSet",))
+    return problems
+
+
+def _override_problems(art: Artifact, targets: Mapping[str, str]) -> list[str]:
+    """``override-reasons`` names a CodeSystem; a warning/critical action must carry one."""
+    if art.resource_type != "PlanDefinition":
+        return []
+    problems = []
+    for path, action in _walk_actions(art.resource.get("action") or [], "PlanDefinition"):
+        for ext in action.get("extension") or ():
+            canonical = ext.get("valueCanonical")
+            if ext.get("url") == OVERRIDE_REASONS_EXT and targets.get(canonical) != "CodeSystem":
+                problems.append(
+                    f"{art.source}: {path}.override-reasons {canonical!r} does not resolve to"
+                    " a CodeSystem"
+                )
+    for index, action in enumerate(art.resource.get("action") or ()):
+        offered = any(e.get("url") == OVERRIDE_REASONS_EXT for e in action.get("extension") or ())
+        if action.get("priority") in OVERRIDABLE_PRIORITIES and not offered:
+            problems.append(
+                f"{art.source}: PlanDefinition.action[{index}] is a warning or critical card"
+                " without an override-reasons extension"
+            )
     return problems
 
 
