@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from fhir_service import __version__
-from fhir_service.api import cds_hooks, fhir_rest, operations
+from fhir_service.api import cds_hooks, fhir_rest, operations, terminology
 from fhir_service.api.responses import FhirResponse, JsonResponse
 from fhir_service.errors import FhirError, Issue, Unauthorized, operation_outcome
 from fhir_service.logging_setup import configure_logging
@@ -161,6 +161,7 @@ def include_routers(app: FastAPI) -> None:
     """Operation routes go before the generic ``/fhir/{type}/{id}`` read route."""
     app.include_router(cds_hooks.router)
     app.include_router(operations.router)
+    app.include_router(terminology.router)
     try:  # SDC operations and the forms page (fhir_service/api/sdc.py)
         sdc = importlib.import_module("fhir_service.api.sdc")
         app.include_router(sdc.router)
