@@ -166,13 +166,15 @@ def drift(vs: Mapping[str, Any], icd: Icd10Cm) -> dict[str, Any] | None:
 # --- SNOMED CT enumerations from a terminology server ---------------------------------------
 
 
-def server_expansion(client: httpx.Client, server: str, url: str) -> list[dict[str, Any]]:
+def server_expansion(
+    client: httpx.Client, server: str, url: str, page_size: int = PAGE
+) -> list[dict[str, Any]]:
     """Every ``contains`` entry of ``GET [server]/ValueSet/$expand?url=``, page by page."""
     out: list[dict[str, Any]] = []
     while True:
         response = client.get(
             f"{server.rstrip('/')}/ValueSet/$expand",
-            params={"url": url, "count": PAGE, "offset": len(out)},
+            params={"url": url, "count": page_size, "offset": len(out)},
             headers={"Accept": FHIR_JSON},
         )
         if response.status_code != 200:
@@ -184,7 +186,7 @@ def server_expansion(client: httpx.Client, server: str, url: str) -> list[dict[s
         page = [c for c in expansion.get("contains") or () if isinstance(c, dict)]
         out += page
         total = expansion.get("total")
-        if not page or (isinstance(total, int) and len(out) >= total) or len(page) < PAGE:
+        if not page or (isinstance(total, int) and len(out) >= total) or len(page) < page_size:
             return out
 
 
@@ -197,7 +199,7 @@ def _parents(rule: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def refresh_enumerations(
-    vs: dict[str, Any], client: httpx.Client, server: str, template: str
+    vs: dict[str, Any], client: httpx.Client, server: str, template: str, page_size: int = PAGE
 ) -> list[str]:
     """Add to each enumerating include the codes the server expands its parent(s) to.
 
@@ -212,7 +214,7 @@ def refresh_enumerations(
         returned: dict[str, str | None] = {}
         for parent in parents:
             url = template.format(system=parent.get("system", system), code=parent.get("code"))
-            for item in server_expansion(client, server, url):
+            for item in server_expansion(client, server, url, page_size):
                 if item.get("system") == system and isinstance(item.get("code"), str):
                     returned.setdefault(item["code"], item.get("display"))
         concepts = rule.setdefault("concept", [])
@@ -248,6 +250,7 @@ def run(
     ids: Sequence[str] = (),
     transport: httpx.BaseTransport | None = None,
     out: Any = sys.stdout,
+    page_size: int = PAGE,
 ) -> int:
     """Expand (or check) the ValueSets of ``definitions``; 0 when nothing is wrong or left."""
     icd = icd10cm()
@@ -257,7 +260,9 @@ def run(
         for path in _files(definitions, ids):
             vs = json.loads(path.read_text(encoding="utf-8"))
             try:
-                notes = refresh_enumerations(vs, client, server, template) if server else []
+                notes = (
+                    refresh_enumerations(vs, client, server, template, page_size) if server else []
+                )
                 computed = drift(vs, icd)
             except (ExpansionError, httpx.HTTPError, ValueError) as exc:
                 print(f"{path.name}: {exc}", file=out)
