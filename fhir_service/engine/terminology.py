@@ -106,9 +106,8 @@ def _ingredient_of(concept: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _key(system: str, code: str) -> tuple[str, str]:
-    """How a code is indexed: ICD-10(-CM) without its dot, upper case; others as written."""
-    return code_key(system, code)
+#: How a code is indexed: ICD-10(-CM) without its dot, upper case; others as written.
+_key = code_key
 
 
 def _add_concept(index: ValueSetIndex, system: str, concept: Mapping[str, Any]) -> None:
