@@ -2,7 +2,7 @@
 
 GET takes the operation's parameters from the query string; POST from a ``Parameters`` body
 (``coding`` and ``codeableConcept`` only there). Bad input is a 400 OperationOutcome, an
-unknown value set a 404. The operations themselves are in ``engine/valueset_operations.py``.
+unknown value set a 404. The operations themselves are in ``knowledge/valueset_operations.py``.
 
 Spec: https://hl7.org/fhir/R4/valueset-operation-expand.html,
 https://hl7.org/fhir/R4/valueset-operation-validate-code.html, https://hl7.org/fhir/R4/operations.html.
@@ -20,7 +20,8 @@ from fhir_service.api.fhir_rest import check_format
 from fhir_service.api.parameters import one, require_parameters
 from fhir_service.api.responses import FhirResponse
 from fhir_service.deps import RuntimeDep
-from fhir_service.engine.valueset_operations import (
+from fhir_service.errors import InvalidRequest
+from fhir_service.knowledge.valueset_operations import (
     CodingInput,
     ExpandInput,
     ValidateCodeInput,
@@ -28,7 +29,6 @@ from fhir_service.engine.valueset_operations import (
     expand,
     validate_code,
 )
-from fhir_service.errors import InvalidRequest
 from fhir_service.runtime import Runtime
 
 router = APIRouter(prefix="/fhir", tags=["Terminology"])
