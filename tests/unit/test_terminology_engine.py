@@ -10,6 +10,7 @@ CodeableConcept may match by an ingredient name in its text or a coding display;
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -379,3 +380,35 @@ def test_every_listed_concept_is_a_member_of_its_value_set(path: Path) -> None:
             {"coding": [coding(system, code)]}, f"{vs['url']}|{vs['version']}"
         )
     assert not terminology.member(coding(SCT, "0000000"), vs["url"])
+
+
+# --- the loader refuses to start on them --------------------------------------------------------
+
+MINI = Path(__file__).resolve().parent.parent / "fixtures" / "definitions-mini"
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda e: e["contains"].pop(2), "M62.83 of compose.include is missing"),
+        (
+            lambda e: e["contains"].append(entry(ICD10CM, "M62.9")),
+            "M62.9 is admitted by no compose.include",
+        ),
+        (lambda e: e["contains"].append(entry(ICD10CM, "m62831")), "is listed twice"),
+    ],
+)
+def test_the_loader_refuses_an_expansion_that_disagrees(
+    tmp_path: Path, edit: Any, words: str
+) -> None:
+    from fhir_service.knowledge.loader import KnowledgeError, load_definitions
+
+    shutil.copytree(MINI, tmp_path / "defs")
+    path = tmp_path / "defs" / "ValueSet-vs-mini-spasm.json"
+    vs = json.loads(path.read_text())
+    edit(vs["expansion"])
+    vs["expansion"]["total"] = len(vs["expansion"].get("contains", []))
+    path.write_text(json.dumps(vs))
+    with pytest.raises(KnowledgeError) as refused:
+        load_definitions(tmp_path / "defs")
+    assert any("ValueSet-vs-mini-spasm.json" in p and words in p for p in refused.value.problems)
