@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 LINT_PATHS := $(wildcard fhir_service tests bench scripts examples)
 
-.PHONY: install run test lint fmt typecheck pytest lock bench fuzz examples clean system-deps browser-deps forms-deps tools-deps k8s-check
+.PHONY: install run test lint fmt typecheck pytest lock bench fuzz examples clean system-deps browser-deps forms-deps tools-deps k8s-check valuesets
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -71,6 +71,12 @@ bench: install
 
 fuzz: install
 	FUZZ_EXAMPLES=2000 $(BIN)/pytest tests/fuzz -p no:cacheprovider
+
+# Authoring: recompute every ValueSet expansion from its compose (ICD-10-CM from the FY2026
+# tabular list); TX=<FHIR base> first refreshes the SNOMED CT enumerations from that server's
+# $expand. Review the diff of definitions/ before committing (docs/terminology.md).
+valuesets: install
+	$(BIN)/python -m fhir_service.tools.expand_valuesets $(if $(TX),--terminology-server $(TX))
 
 examples: install
 	$(BIN)/python examples/run_examples.py

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from fhir_service import __version__
-from fhir_service.api import cds_hooks, fhir_rest, operations, sdc, smart_app
+from fhir_service.api import cds_hooks, fhir_rest, operations, sdc, smart_app, terminology
 from fhir_service.api.responses import FhirResponse, JsonResponse
 from fhir_service.errors import FhirError, Issue, Unauthorized, operation_outcome
 from fhir_service.logging_setup import configure_logging
@@ -168,6 +168,7 @@ def include_routers(app: FastAPI) -> None:
     """Operation routes go before the generic ``/fhir/{type}/{id}`` read route."""
     app.include_router(cds_hooks.router)
     app.include_router(operations.router)
+    app.include_router(terminology.router)
     app.include_router(sdc.router)
     app.include_router(smart_app.router)
     app.include_router(fhir_rest.router)

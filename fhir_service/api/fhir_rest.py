@@ -96,6 +96,16 @@ def capability_statement(runtime: Runtime) -> dict[str, Any]:
                 "definition": "http://hl7.org/fhir/OperationDefinition/ActivityDefinition-apply",
             },
         ],
+        "ValueSet": [
+            {
+                "name": "expand",
+                "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
+            },
+            {
+                "name": "validate-code",
+                "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
+            },
+        ],
         "Questionnaire": [
             {
                 "name": "populate",

@@ -8,7 +8,8 @@ Mapping (CDS on FHIR, cds-hooks.md §5 and §1.7, with HAPI's two bugs as the wa
   (label from its ``display``, url), the first ``code`` coding → ``source.topic``, every
   documentation entry with a ``url`` → an absolute link (``smart`` when its ``link-type``
   extension says so), a ``resource`` canonical of ours → a link to our FHIR endpoint,
-  ``override-reason`` extensions → ``overrideReasons``;
+  ``override-reason`` extensions → ``overrideReasons`` (the PlanDefinition engine expands an
+  action's ``override-reasons`` CodeSystem into these, clinical-rules R2.6);
 * each child action → a suggestion (``label`` = title); its own resource and those of its
   children become the suggestion's actions (``create``/``update`` with the full resource,
   ``remove`` → ``delete`` with ``resourceId``); ``selectionBehavior`` becomes ``at-most-one``

@@ -14,7 +14,11 @@ Steps (https://hl7.org/fhir/R4/plandefinition-operation-apply.html; cqframework 
    nested RequestGroup), or the ``action-target`` extension for ``update``/``remove`` actions
    (the draft order to change), then apply the action's dynamicValues: ``action.*`` paths set
    the RequestGroup action (e.g. a templated title), other paths the resource;
-5. recurse into child actions (suggestions and their alternatives).
+5. recurse into child actions (suggestions and their alternatives);
+6. an ``override-reasons`` extension (``valueCanonical`` → a CodeSystem of ours) becomes one
+   ``override-reason`` Coding extension per concept of that CodeSystem (the card's CDS Hooks 2.0
+   ``overrideReasons``, docs/authoring.md): the reasons live in one guideline CodeSystem, each
+   warning and critical action names it.
 
 Nothing here knows any rule: the rule lives in ``definitions/``.
 """
@@ -35,6 +39,8 @@ from fhir_service.engine.values import result_value, set_path
 from fhir_service.errors import IssueLog
 
 ACTION_TARGET_EXT = f"{EXT_BASE}/action-target"
+OVERRIDE_REASONS_EXT = f"{EXT_BASE}/override-reasons"
+OVERRIDE_REASON_EXT = f"{EXT_BASE}/override-reason"
 COPIED_ELEMENTS = (
     "id",
     "prefix",
@@ -129,6 +135,13 @@ class PlanEngine:
                 self.defaults[name] = parameter_value(key, value)
             for var in variables_of(lib.resource):
                 self._add_variable(self.library_variables, var, f"Library/{lib.id}")
+        #: CodeSystem canonical (``url`` and ``url|version``) → its concepts as override reasons
+        self.override_reasons: dict[str, list[dict[str, Any]]] = {}
+        for code_system in knowledge.of_type("CodeSystem"):
+            reasons = override_reason_extensions(code_system.resource)
+            url = str(code_system.resource.get("url") or "")
+            self.override_reasons[url] = reasons
+            self.override_reasons[canonical_of(code_system.resource)] = reasons
         self.plan_variables: dict[str, dict[str, VariableDef]] = {}
         for plan in knowledge.of_type("PlanDefinition"):
             scope: dict[str, VariableDef] = {}
@@ -249,6 +262,8 @@ class _Walker:
         built: dict[str, Any] = {
             k: copy.deepcopy(action[k]) for k in COPIED_ELEMENTS if k in action
         }
+        if "extension" in built:
+            built["extension"] = self.with_override_reasons(built["extension"])
         resource = self.resolve_definition(action, path)
         for index, dv in enumerate(action.get("dynamicValue") or ()):
             self.dynamic_value(dv, built, resource, f"{self.source}.{path}.dynamicValue[{index}]")
@@ -258,6 +273,20 @@ class _Walker:
         if children:
             built["action"] = children
         return built
+
+    def with_override_reasons(self, extensions: list[Any]) -> list[Any]:
+        """``override-reasons`` (a CodeSystem canonical) → one ``override-reason`` per concept."""
+        out: list[Any] = []
+        for ext in extensions:
+            if isinstance(ext, Mapping) and ext.get("url") == OVERRIDE_REASONS_EXT:
+                out.extend(
+                    copy.deepcopy(
+                        self.engine.override_reasons.get(str(ext.get("valueCanonical")), [])
+                    )
+                )
+            else:
+                out.append(ext)
+        return out
 
     def reference_to(self, resource: dict[str, Any], action: Mapping[str, Any]) -> str:
         if action_type(action) == "remove":
@@ -356,6 +385,19 @@ class _Walker:
             apply_dynamic_values(resource, [dict(dv)], self.scope, self.engine.compiler, where)
         else:
             self.scope.issues.warning("dynamicValue has no resource to set", where)
+
+
+def override_reason_extensions(code_system: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One ``override-reason`` extension (a full Coding) per concept of ``code_system``."""
+    system = code_system.get("url")
+    return [
+        {
+            "url": OVERRIDE_REASON_EXT,
+            "valueCoding": {"system": system, "code": c["code"], "display": c["display"]},
+        }
+        for c in code_system.get("concept") or ()
+        if isinstance(c, Mapping) and c.get("code") and c.get("display")
+    ]
 
 
 def action_type(action: Mapping[str, Any]) -> str | None:

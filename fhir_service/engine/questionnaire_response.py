@@ -11,7 +11,9 @@ Validation follows SDC "Validating QuestionnaireResponses"
 (https://hl7.org/fhir/uv/sdc/behavior.html) and R4
 https://hl7.org/fhir/R4/questionnaireresponse.html: every answer belongs to a known question,
 has the value type of that question's ``type``, belongs to its ``answerOption`` list, meets the
-``minValue``/``maxValue``/``maxLength`` constraints and ``repeats``; answers are given only to
+``minValue``/``maxValue``/``maxLength`` constraints and ``repeats``; an answer option flagged
+``questionnaire-optionExclusive`` (e.g. "none") is not combined with other answers (R5/SDC
+extension, clinical-rules R2.7); answers are given only to
 enabled items; ``required`` items are answered when the status is ``completed``/``amended``
 (an ``in-progress`` response may still be incomplete).
 
@@ -34,6 +36,7 @@ from fhir_service import fhir
 from fhir_service.errors import BusinessRuleError, InvalidRequest, Issue
 
 MIN_VALUE_URL = "http://hl7.org/fhir/StructureDefinition/minValue"
+OPTION_EXCLUSIVE_URL = "http://hl7.org/fhir/StructureDefinition/questionnaire-optionExclusive"
 MAX_VALUE_URL = "http://hl7.org/fhir/StructureDefinition/maxValue"
 COMPLETE_STATUSES = frozenset({"completed", "amended"})
 #: R4 ``QuestionnaireResponse.status`` (required binding ``questionnaire-answers-status``).
@@ -411,7 +414,27 @@ def _check_item(
     for a_index, (key, value) in valued:
         for problem in answer_problems(definition, key, value):
             issues.append(_error(f"{link_id}: {problem}", f"{path}.answer[{a_index}]"))
+    if len(valued) > 1:
+        for a_index, (_key, value) in valued:
+            if is_exclusive(definition, value):
+                issues.append(
+                    _error(
+                        f"{link_id}: {_show(value)} is an exclusive answer and cannot be"
+                        " combined with other answers",
+                        f"{path}.answer[{a_index}]",
+                        "business-rule",
+                    )
+                )
     return issues
+
+
+def is_exclusive(item: Mapping[str, Any], value: Any) -> bool:
+    """True when ``value`` is an answerOption of ``item`` flagged ``optionExclusive``."""
+    for option in item.get("answerOption") or ():
+        found = answer_value(option) if isinstance(option, Mapping) else None
+        if found and values_equal(value, found[1]):
+            return _extension_value(option, OPTION_EXCLUSIVE_URL) is True
+    return False
 
 
 def _answered(link_id: str, index: QuestionnaireIndex, answers: Mapping[str, Any]) -> bool:

@@ -1,16 +1,18 @@
 """Value-set membership over the ValueSets shipped in ``definitions/`` (no terminology server).
 
 fhirpathpy has no ``memberOf()``; the engine provides it (see ``fhirpath.py``) on top of this
-index. Membership rules (documented in README "Writing rules"):
+index. Membership rules (docs/terminology.md "Expansions", README "Writing rules"):
 
-* a Coding is a member when ``(system, code)`` is in the ValueSet ``expansion.contains`` or in
-  ``compose.include.concept``, and not in ``compose.exclude.concept``; ICD-10(-CM) codes match
-  with the dot ignored (``M62.831`` = ``M62831``);
-* a ``compose.include.filter`` ``concept is-a X`` on ICD-10-CM is a code-prefix match with the
-  dot ignored (ICD-10-CM's hierarchy is its code prefix); on other systems ``is-a X`` admits X
-  itself only, since descendants need a terminology server;
-* what this index cannot honour (other filter operators, ``include.valueSet`` imports, exclude
-  filters) is refused when the knowledge is loaded (``unsupported_compose``), never ignored;
+* a Coding is a member when ``(system, code)`` is in the ValueSet's stored ``expansion.contains``
+  (computed at authoring time from the compose and, for ICD-10-CM filters, the ICD-10-CM
+  tabular list) or, for a ValueSet without a stored expansion, in its ``compose.include.concept``
+  minus ``compose.exclude.concept``; exclusions are applied when the index is built, so
+  membership is one set lookup per coding;
+* ICD-10(-CM) codes match with or without their dot and in any case (``I48.91`` = ``I4891`` =
+  ``i48.91``, clinical-rules R2.1);
+* what the service cannot honour (``valueSet`` imports, filters other than ICD-10-CM
+  ``concept is-a``/``descendent-of``, a filter without a stored expansion, an expansion that
+  disagrees with its compose) is refused when the knowledge is loaded (``valueset_compose``);
 * a CodeableConcept is a member when one of its codings is, or, failing that, when its ``text``
   or a coding ``display`` contains one of the ValueSet's ``ingredient-name`` extension values
   (case-insensitive) — the medication-name fallback of clinical-rules.md §1.1 (3).
@@ -26,15 +28,27 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir_service.engine.valueset_compose import (
+    DOTLESS_SYSTEMS,
+    ICD10CM,
+    code_key,
+    expansion_problems,
+)
+from fhir_service.engine.valueset_compose import unsupported_compose as _unsupported
+
 INGREDIENT_NAME_URL = "http://example.org/fhir/muscle-spasm/StructureDefinition/ingredient-name"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-PREFIX_HIERARCHY_SYSTEMS = frozenset({ICD10CM, "http://hl7.org/fhir/sid/icd-10"})
+PREFIX_HIERARCHY_SYSTEMS = DOTLESS_SYSTEMS  # kept for importers; ICD-10 codes match dotless
+
+__all__ = [
+    "ICD10CM",
+    "INGREDIENT_NAME_URL",
+    "Terminology",
+    "ValueSetIndex",
+    "index_value_set",
+    "unsupported_compose",
+]
 
 log = logging.getLogger(__name__)
-
-
-def _norm_icd(code: str) -> str:
-    return code.replace(".", "").upper()
 
 
 @dataclass
@@ -44,13 +58,17 @@ class ValueSetIndex:
     url: str
     codes: set[tuple[str, str]] = field(default_factory=set)
     excluded: set[tuple[str, str]] = field(default_factory=set)
-    prefixes: dict[str, list[str]] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
     # ingredient name of a code, when the concept carries an ingredient-name extension
     code_ingredient: dict[tuple[str, str], str] = field(default_factory=dict)
     name_patterns: list[tuple[str, re.Pattern[str]]] = field(default_factory=list)
+    #: the members in expansion order, ``{system, code, display?, extension?}`` (shared with
+    #: the loaded ValueSet's ``expansion.contains`` when it has one: not copied)
+    contains: list[Mapping[str, Any]] = field(default_factory=list)
+    _entries: dict[tuple[str, str], Mapping[str, Any]] | None = field(default=None, repr=False)
 
     def finish(self) -> None:
+        self.codes -= self.excluded
         self.name_patterns = [
             (n, re.compile(r"\b" + re.escape(n.lower()) + r"\b")) for n in self.names
         ]
@@ -58,15 +76,19 @@ class ValueSetIndex:
     def coding_member(self, system: str | None, code: str | None) -> bool:
         if not system or not code:
             return False
+        return _key(system, code) in self.codes
+
+    def entry(self, system: str, code: str) -> Mapping[str, Any]:
+        """The expansion entry of a member (empty when ``(system, code)`` is no member)."""
+        if self._entries is None:  # built on first use: $validate-code, not the hot path
+            self._entries = {_key(str(c["system"]), str(c["code"])): c for c in self.contains}
         key = _key(system, code)
-        if key in self.excluded:
-            return False
-        if key in self.codes:
-            return True
-        for prefix in self.prefixes.get(system, ()):
-            if key[1].startswith(prefix):
-                return True
-        return False
+        return self._entries.get(key, {}) if key in self.codes else {}
+
+    def display(self, system: str, code: str) -> str | None:
+        """The display of a member (None when it is no member or has no display)."""
+        display = self.entry(system, code).get("display")
+        return display if isinstance(display, str) else None
 
     def match_name(self, text: str) -> str | None:
         low = text.lower()
@@ -84,49 +106,54 @@ def _ingredient_of(concept: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _key(system: str, code: str) -> tuple[str, str]:
-    """How a code is indexed: ICD-10(-CM) without its dot, upper case; others as written."""
-    return (system, _norm_icd(code) if system in PREFIX_HIERARCHY_SYSTEMS else code)
+#: How a code is indexed: ICD-10(-CM) without its dot, upper case; others as written.
+_key = code_key
 
 
 def _add_concept(index: ValueSetIndex, system: str, concept: Mapping[str, Any]) -> None:
     code = concept.get("code")
     if isinstance(code, str):
-        index.codes.add(_key(system, code))
+        key = _key(system, code)
+        index.codes.add(key)
         ingredient = _ingredient_of(concept)
         if ingredient:
-            index.code_ingredient[_key(system, code)] = ingredient
-
-
-def _add_include(index: ValueSetIndex, include: Mapping[str, Any]) -> None:
-    system = include.get("system")
-    if not isinstance(system, str):
-        return
-    for concept in include.get("concept", ()) or ():
-        _add_concept(index, system, concept)
-    for flt in include.get("filter", ()) or ():
-        if flt.get("op") != "is-a" or not isinstance(flt.get("value"), str):
-            continue  # refused at load time (unsupported_compose)
-        if system in PREFIX_HIERARCHY_SYSTEMS:
-            index.prefixes.setdefault(system, []).append(_norm_icd(flt["value"]))
-        else:
-            index.codes.add((system, flt["value"]))
+            index.code_ingredient[key] = ingredient
 
 
 def index_value_set(vs: Mapping[str, Any]) -> ValueSetIndex:
-    """Build the membership index of one ValueSet resource (JSON)."""
+    """Build the membership index of one ValueSet resource (JSON).
+
+    The stored expansion is the membership when there is one; otherwise the compose's listed
+    concepts are (a compose with a filter always has a stored expansion: ``unsupported_compose``).
+    """
     index = ValueSetIndex(url=str(vs.get("url", "")))
-    for item in (vs.get("expansion") or {}).get("contains", ()) or ():
-        if isinstance(item, Mapping) and isinstance(item.get("system"), str):
-            _add_concept(index, item["system"], item)
     compose = vs.get("compose") or {}
-    for include in compose.get("include", ()) or ():
-        _add_include(index, include)
+    expansion = vs.get("expansion")
+    if expansion is not None:
+        for item in expansion.get("contains", ()) or ():
+            if isinstance(item, Mapping) and isinstance(item.get("system"), str):
+                _add_concept(index, item["system"], item)
+                index.contains.append(item)
+    else:
+        for include in compose.get("include", ()) or ():
+            system = include.get("system")
+            if not isinstance(system, str):
+                continue
+            for concept in include.get("concept", ()) or ():
+                if isinstance(concept, Mapping) and isinstance(concept.get("code"), str):
+                    _add_concept(index, system, concept)
+                    index.contains.append({"system": system, **concept})
     for exclude in compose.get("exclude", ()) or ():
         system = exclude.get("system")
         for concept in exclude.get("concept", ()) or ():
             if isinstance(system, str) and isinstance(concept.get("code"), str):
                 index.excluded.add(_key(system, concept["code"]))
+    if index.excluded:
+        index.contains = [
+            c
+            for c in index.contains
+            if _key(str(c["system"]), str(c["code"])) not in index.excluded
+        ]
     for ext in vs.get("extension", ()) or ():
         if ext.get("url") == INGREDIENT_NAME_URL and isinstance(ext.get("valueString"), str):
             index.names.append(ext["valueString"].lower())
@@ -135,25 +162,10 @@ def index_value_set(vs: Mapping[str, Any]) -> ValueSetIndex:
 
 
 def unsupported_compose(vs: Mapping[str, Any]) -> list[str]:
-    """The parts of ``vs.compose`` membership here cannot honour (refused at load time)."""
-    problems: list[str] = []
-    compose = vs.get("compose") or {}
-    for part in ("include", "exclude"):
-        for index, rule in enumerate(compose.get(part, ()) or ()):
-            where = f"compose.{part}[{index}]"
-            if rule.get("valueSet"):
-                problems.append(f"{where}.valueSet (importing ValueSets) is not supported")
-            if not rule.get("system") and (rule.get("concept") or rule.get("filter")):
-                problems.append(f"{where} needs a system")
-            for position, flt in enumerate(rule.get("filter", ()) or ()):
-                if part == "exclude":
-                    problems.append(f"{where}.filter is not supported (list excluded concepts)")
-                elif flt.get("op") != "is-a" or flt.get("property") != "concept":
-                    problems.append(
-                        f"{where}.filter[{position}] {flt.get('property')!r} {flt.get('op')!r} "
-                        "is not supported (only concept is-a)"
-                    )
-    return problems
+    """What the service cannot honour in ``vs``: its compose, or a stored expansion that
+    disagrees with it (refused at load time; ``valueset_compose``)."""
+    problems = _unsupported(vs)
+    return problems or expansion_problems(vs)
 
 
 class Terminology:

@@ -12,7 +12,9 @@ Checks (each failure names the file and the problem; all problems are reported a
    (without a cycle of nested PlanDefinitions), ``memberOf()``/``ingredients()`` value sets,
    ``answerValueSet``; an ActivityDefinition ``kind`` is a request resource type; a ValueSet's
    compose uses only what membership honours (concept lists, ``concept is-a`` filters,
-   excluded concepts);
+   excluded concepts); an action's ``override-reasons`` names a CodeSystem, and every top-level
+   rule action whose card is a warning or critical (``priority`` urgent/asap/stat) offers
+   override reasons (clinical-rules R2.6, docs/authoring.md);
 6. every FHIRPath expression compiles; PlanDefinition, ActivityDefinition and Library logic
    (conditions, dynamicValues, variables) is ``text/fhirpath`` with simple dynamicValue paths;
    every ``%variable`` of a PlanDefinition, ActivityDefinition or Library expression is defined
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_service import fhir
-from fhir_service.canonical import CANONICAL_BASE
+from fhir_service.canonical import CANONICAL_BASE, EXT_BASE
 from fhir_service.engine.expressions import (
     ENGINE_VARIABLES,
     FHIRPATH,
@@ -45,6 +47,7 @@ from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.questionnaire_populate import compile_questionnaire
 from fhir_service.engine.terminology import Terminology, unsupported_compose
 from fhir_service.engine.values import is_simple_path
+from fhir_service.knowledge.valueset_validation import share_repeated_values, validate_value_set
 
 KNOWLEDGE_TYPES = (
     "PlanDefinition",
@@ -58,6 +61,9 @@ KNOWLEDGE_TYPES = (
 #: bare invocation on ``$this`` (``where(memberOf(...))``).
 VALUESET_ARG_RE = re.compile(r"(?<![\w$])(?:memberOf|ingredients)\(\s*'([^']+)'\s*\)")
 VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+OVERRIDE_REASONS_EXT = f"{EXT_BASE}/override-reasons"
+#: ``priority`` codes whose card is a warning or a critical (cards.INDICATORS)
+OVERRIDABLE_PRIORITIES = frozenset({"urgent", "asap", "stat"})
 #: R4 ``ActivityDefinition.kind`` (RequestResourceType) values the engine can build.
 REQUEST_KINDS = frozenset(
     {
@@ -117,7 +123,11 @@ def read_artifacts(directory: Path) -> tuple[list[Artifact], list[str]]:
             problems.append(f"{name}: not a knowledge resource ({', '.join(KNOWLEDGE_TYPES)})")
             continue
         try:
-            fhir.validate_resource(data)
+            if data["resourceType"] == "ValueSet":  # large stored expansions: same rules, faster
+                validate_value_set(data)
+                share_repeated_values(data)
+            else:
+                fhir.validate_resource(data)
         except ValueError as exc:
             problems.append(f"{name}: invalid {data['resourceType']}: {exc}")
             continue
@@ -132,6 +142,15 @@ def read_artifacts(directory: Path) -> tuple[list[Artifact], list[str]]:
             continue
         artifacts.append(Artifact(rtype, rid, url, data.get("version"), data, name))
     return artifacts, problems
+
+
+def authored(resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource without a ValueSet's ``expansion``: the expansion command computes it from
+    ``compose`` (tools/expand_valuesets.py, checked by the drift test), so walking it for
+    expressions again would only cost start-up time on thousands of codes."""
+    if resource.get("resourceType") == "ValueSet" and "expansion" in resource:
+        return {k: v for k, v in resource.items() if k != "expansion"}
+    return resource
 
 
 def check_unique(artifacts: list[Artifact]) -> list[str]:
@@ -189,8 +208,8 @@ def check_references(artifacts: list[Artifact]) -> list[str]:
                         action["definitionCanonical"],
                         ("ActivityDefinition", "PlanDefinition"),
                     )
-        problems += _content_problems(art)
-        for path, expr in iter_expressions(res, art.resource_type):
+        problems += _content_problems(art) + _override_problems(art, targets)
+        for path, expr in iter_expressions(authored(res), art.resource_type):
             for vs in VALUESET_ARG_RE.findall(expr["expression"]):
                 need(art, f"{path} value set", vs, ("ValueSet",))
         if art.resource_type == "Questionnaire":
@@ -198,6 +217,29 @@ def check_references(artifacts: list[Artifact]) -> list[str]:
             for path, node in _iter_key(res, "answerValueSet", "Questionnaire"):
                 if node not in contained:
                     need(art, path, node, ("ValueSet",))
+    return problems
+
+
+def _override_problems(art: Artifact, targets: Mapping[str, str]) -> list[str]:
+    """``override-reasons`` names a CodeSystem; a warning/critical action must carry one."""
+    if art.resource_type != "PlanDefinition":
+        return []
+    problems = []
+    for path, action in _walk_actions(art.resource.get("action") or [], "PlanDefinition"):
+        for ext in action.get("extension") or ():
+            canonical = ext.get("valueCanonical")
+            if ext.get("url") == OVERRIDE_REASONS_EXT and targets.get(canonical) != "CodeSystem":
+                problems.append(
+                    f"{art.source}: {path}.override-reasons {canonical!r} does not resolve to"
+                    " a CodeSystem"
+                )
+    for index, action in enumerate(art.resource.get("action") or ()):
+        offered = any(e.get("url") == OVERRIDE_REASONS_EXT for e in action.get("extension") or ())
+        if action.get("priority") in OVERRIDABLE_PRIORITIES and not offered:
+            problems.append(
+                f"{art.source}: PlanDefinition.action[{index}] is a warning or critical card"
+                " without an override-reasons extension"
+            )
     return problems
 
 
@@ -378,7 +420,7 @@ def check_expressions(artifacts: list[Artifact], compiler: FhirPathCompiler) -> 
             defined |= own
             problems += found
         check_vars = art.resource_type in ("PlanDefinition", "ActivityDefinition", "Library")
-        for path, expr in iter_expressions(art.resource, art.resource_type):
+        for path, expr in iter_expressions(authored(art.resource), art.resource_type):
             try:
                 compiled = compiler.compile(expr["expression"])
             except ValueError as exc:

@@ -72,9 +72,13 @@ def rule_stats(client: TestClient, rule: str) -> dict[str, Any]:
 def test_round_trip_issued_overridden_accepted(client: TestClient) -> None:
     card = rf01_card(client)
     assert rule_stats(client, "RF-01")["issued"] == 1
+    # R2.6: the warning offers the guideline's reasons; the clinician picks one of them
+    offered = card["overrideReasons"]
+    assert {r["system"] for r in offered} == {REASON_SYSTEM}
+    chosen = next(r for r in offered if r["code"] == "not-applicable")
     # the sandbox's Dismiss: reason without display, no userComment
     sandbox = overridden(
-        card["uuid"], overrideReason={"reason": {"code": "not-relevant", "system": REASON_SYSTEM}}
+        card["uuid"], overrideReason={"reason": {"code": chosen["code"], "system": REASON_SYSTEM}}
     )
     response = client.post(FEEDBACK, json={"feedback": [sandbox]})
     assert response.status_code == 200, response.text
@@ -82,7 +86,7 @@ def test_round_trip_issued_overridden_accepted(client: TestClient) -> None:
     stats = rule_stats(client, "RF-01")
     assert stats["issued"] == 1 and stats["overridden"] == 1 and stats["accepted"] == 0
     assert stats["overrideReasons"] == [
-        {"code": "not-relevant", "system": REASON_SYSTEM, "count": 1}
+        {"code": "not-applicable", "system": REASON_SYSTEM, "count": 1}
     ]
 
     second = rf01_card(client)

@@ -414,6 +414,7 @@ def test_package_of_a_rule_holds_its_dependencies(mini: TestClient) -> None:
         "ActivityDefinition/mini-education",
         "ValueSet/vs-mini-spasm",
         "ValueSet/vs-mini-drug",
+        "CodeSystem/mini-override",  # the override reasons its warning card offers
     }
     assert len(got) == len(set(got))
 

@@ -18,6 +18,7 @@ POPULATE = "/fhir/Questionnaire/muscle-spasm-assessment/$populate"
 TYPE_POPULATE = "/fhir/Questionnaire/$populate"
 EXTRACT = "/fhir/QuestionnaireResponse/$extract"
 FHIR = {"Content-Type": "application/fhir+json"}
+ANSWERS = "http://example.org/fhir/muscle-spasm/CodeSystem/muscle-spasm-assessment"
 SUBJECT = {"name": "subject", "valueReference": {"reference": "Patient/p1"}}
 PAIN = {
     "resourceType": "Observation",
@@ -49,10 +50,27 @@ def qr(**fields: Any) -> dict[str, Any]:
         "status": "completed",
         "subject": {"reference": "Patient/p1"},
         "authored": "2026-12-01T10:00:00Z",
-        "item": [{"linkId": "pain-nrs", "answer": [{"valueInteger": 6}]}],
+        "item": [{"linkId": "pain-nrs", "answer": [{"valueInteger": 6}]}, *RED_FLAGS_NO],
     }
     out.update(fields)
     return out
+
+
+#: The red-flag items a completed response must answer (clinical-rules R2.7), answered "no".
+RED_FLAGS_NO: list[dict[str, Any]] = [
+    {"linkId": link_id, "answer": [{"valueBoolean": False}]}
+    for link_id in (
+        "new-weakness",
+        "sensory-change",
+        "other-neuro",
+        "swelling",
+        "skin-change",
+        "self-care-tried",
+    )
+] + [
+    {"linkId": link_id, "answer": [{"valueCoding": {"system": ANSWERS, "code": code}}]}
+    for link_id, code in (("frequency", "first"), ("recent-injury", "none"))
+]
 
 
 def outcome(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -330,7 +348,13 @@ def test_extract_condition_needs_a_subject(client: TestClient) -> None:
     injury = {"valueCoding": {"system": "http://snomed.info/sct", "code": "90460009"}}
     body = {
         k: v
-        for k, v in qr(item=[{"linkId": "recent-injury", "answer": [injury]}]).items()
+        for k, v in qr(
+            item=[
+                {"linkId": "pain-nrs", "answer": [{"valueInteger": 6}]},
+                {"linkId": "recent-injury", "answer": [injury]},
+                *(i for i in RED_FLAGS_NO if i["linkId"] != "recent-injury"),
+            ]
+        ).items()
         if k != "subject"
     }
     issue = outcome(client.post(EXTRACT, json=body, headers=FHIR), 422, "business-rule")["issue"][0]

@@ -149,6 +149,10 @@ def answer_yes(page: Any, link_id: str) -> None:
     item(page, link_id).get_by_text("Yes", exact=True).click()
 
 
+def answer_no(page: Any, link_id: str) -> None:
+    item(page, link_id).get_by_text("No", exact=True).click()
+
+
 def choose(page: Any, link_id: str, *labels: str) -> None:
     """Pick from an LHC-Forms autocomplete list, as a person clicking would."""
     field = page.locator(f'[id="{link_id}/1/1"]')
@@ -180,10 +184,15 @@ def fill_assessment(page: Any) -> None:
     choose(page, "frequency", "Daily or more")
     choose(page, "body-site", "Calf/leg")
 
+    # the red-flag items a completed response must answer (R2.7)
+    for link_id in ("new-weakness", "other-neuro", "swelling", "skin-change"):
+        answer_no(page, link_id)
+
     assert not visible(page, "heavy-sweating")
     choose(page, "environment", "Heat")
     assert visible(page, "heavy-sweating") and visible(page, "altered-mentation")
     answer_yes(page, "heavy-sweating")
+    answer_no(page, "altered-mentation")
 
     assert not visible(page, "injury-date")
     choose(page, "recent-injury", "Injury of neck")
@@ -311,3 +320,47 @@ def test_prefill_through_populate(page: Any) -> None:
     assert page.locator('[id="pain-nrs/1/1"]').input_value() == "6"
     assert visible(page, "pain-character")  # enableWhen follows the prefilled answer
     page.screenshot(path=str(ARTIFACTS / "assessment-form-prefilled.png"), full_page=True)
+
+
+def submit_status(page: Any) -> str:
+    page.evaluate("window.__submitted = false")
+    page.locator("#submit").click()
+    page.wait_for_function("window.__submitted === true", timeout=30_000)
+    return str(page.locator("#status").inner_text())
+
+
+def test_altered_mentation_is_asked_on_exertion_or_a_neurological_symptom(page: Any) -> None:
+    """R2.7: not only in the heat: after exertion, or once a neurological symptom is answered."""
+    assert not visible(page, "altered-mentation")
+    answer_yes(page, "exercise-trigger")
+    assert visible(page, "altered-mentation")
+    answer_no(page, "exercise-trigger")
+    assert not visible(page, "altered-mentation")
+    answer_yes(page, "new-weakness")
+    assert visible(page, "altered-mentation")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "assessment-form-altered-mentation.png"), full_page=True)
+
+
+def test_no_item_waits_on_a_later_answer(page: Any) -> None:
+    """R2.7: spasticity-distribution follows neuro-history, the question that enables it."""
+    assert not visible(page, "spasticity-distribution")
+    choose(page, "neuro-history", "Cerebrovascular accident")
+    assert visible(page, "spasticity-distribution")
+    above = item(page, "neuro-history").bounding_box()
+    below = item(page, "spasticity-distribution").bounding_box()
+    assert above is not None and below is not None and above["y"] < below["y"]
+
+
+def test_a_completed_response_needs_the_red_flag_items_and_no_mixed_none(page: Any) -> None:
+    """R2.7: red-flag items are required and "None" cannot be combined: the page does not send
+    such a response (and $extract would refuse it)."""
+    choose(page, "environment", "Heat", "None")
+    status = submit_status(page)
+    assert status.startswith("Please complete the assessment"), status
+    assert "New or worsening weakness?" in status  # a required red-flag item left blank
+    assert '"None" cannot be combined' in status, status
+    qr = page.evaluate("window.__lastResponse")
+    qr_env = answers(qr).get("environment", [])
+    assert sorted(c["code"] for c in qr_env) == ["heat", "none"]
+    assert page.evaluate("window.__lastExtract || null") is None  # nothing was sent

@@ -34,6 +34,7 @@ import yaml  # noqa: E402
 
 from fhir_service.engine.data import build_data_set, flatten  # noqa: E402
 from fhir_service.engine.evaluation import CallInput, Scope  # noqa: E402
+from fhir_service.engine.expressions import FHIRPATH  # noqa: E402
 from fhir_service.engine.fhirpath import (  # noqa: E402
     CompiledExpression,
     EvaluationSession,
@@ -43,7 +44,6 @@ from fhir_service.engine.fhirpath import (  # noqa: E402
 )
 from fhir_service.engine.terminology import Terminology  # noqa: E402
 from fhir_service.errors import IssueLog  # noqa: E402
-from fhir_service.engine.expressions import FHIRPATH  # noqa: E402
 from fhir_service.runtime import build_runtime  # noqa: E402
 from fhir_service.settings import Settings  # noqa: E402
 from tests.fhirpath.plain import PlainArm, outcome  # noqa: E402

@@ -278,3 +278,30 @@ def test_latest_version_wins_by_canonical() -> None:
     assert knowledge.by_canonical(url, "ValueSet") is None
     assert version_key("1.0.0-rc1") < version_key("1.0.1")
     assert version_key(None) < version_key("0.0.1")
+
+
+def test_a_warning_or_critical_action_must_offer_override_reasons(tmp_path: Path) -> None:
+    """clinical-rules R2.6: every warning/critical card offers the guideline's override reasons."""
+    folder = _mini_copy(tmp_path)
+
+    def without(plan: dict[str, Any]) -> None:
+        del plan["action"][0]["extension"]
+
+    _edit(folder, "PlanDefinition-mini-rule.json", without)
+    with pytest.raises(KnowledgeError) as caught:
+        load_definitions(folder)
+    _assert_names(
+        caught.value, "PlanDefinition-mini-rule.json", ("warning or critical", "override-reasons")
+    )
+
+
+def test_override_reasons_must_name_a_code_system(tmp_path: Path) -> None:
+    folder = _mini_copy(tmp_path)
+
+    def elsewhere(plan: dict[str, Any]) -> None:
+        plan["action"][0]["extension"][0]["valueCanonical"] = "http://example.org/nowhere"
+
+    _edit(folder, "PlanDefinition-mini-rule.json", elsewhere)
+    with pytest.raises(KnowledgeError) as caught:
+        load_definitions(folder)
+    _assert_names(caught.value, "PlanDefinition-mini-rule.json", ("override-reasons", "CodeSystem"))

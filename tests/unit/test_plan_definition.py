@@ -482,3 +482,27 @@ def test_the_engine_names_no_rule(name: str) -> None:
     assert not re.search(r"\b(RF|MS|TY|LAB|AS)-\d", text, re.IGNORECASE)
     assert not re.search(r"\bP_[A-Z_]+\b", text)
     assert not re.search(r"\b(45352006|90460009|828348|72514-3)\b", text)
+
+
+# --- override reasons: one guideline CodeSystem, named by the action ------------------------
+
+
+def test_override_reasons_extension_becomes_one_coding_per_concept(engine: PlanEngine) -> None:
+    result = Applied(engine, spasm()).apply("mini-rule")
+    action = result.request_group["action"][0]
+    assert action["id"] == "a-fires"
+    system = "http://example.org/fhir/muscle-spasm/CodeSystem/mini-override"
+    reasons = [
+        e["valueCoding"]
+        for e in action["extension"]
+        if e["url"].endswith("/StructureDefinition/override-reason")
+    ]
+    assert reasons == [
+        {
+            "system": system,
+            "code": "patient-aware",
+            "display": "Patient aware; benefit outweighs risk",
+        },
+        {"system": system, "code": "record-incorrect", "display": "Data in the record is wrong"},
+    ]
+    assert not any(e["url"].endswith("/override-reasons") for e in action["extension"])

@@ -31,7 +31,6 @@ TABLE: dict[str, tuple[str | None, str, bool, tuple[str, ...]]] = {
         True,
         ("calf-leg", "thigh", "foot", "back", "neck", "abdomen", "arm-hand", "other"),
     ),
-    "spasticity-distribution": ("pattern", "choice", False, ("focal", "multifocal", "generalized")),
     "symptoms": (None, "group", False, ()),
     "pain-nrs": ("symptoms", "integer", False, ()),
     "pain-character": (
@@ -72,6 +71,7 @@ TABLE: dict[str, tuple[str | None, str, bool, tuple[str, ...]]] = {
         True,
         ("230690007", "24700007", "90584004", "other", "none"),
     ),
+    "spasticity-distribution": ("context", "choice", False, ("focal", "multifocal", "generalized")),
     "pregnancy": ("context", "choice", False, ("77386006", "60001007", "na")),
     "med-change": ("context", "boolean", False, ()),
     "med-change-text": ("context", "string", False, ()),
@@ -97,7 +97,17 @@ ENABLE_WHEN: dict[str, tuple[str | None, list[tuple[str, str, Any]]]] = {
     "other-neuro-text": (None, [("other-neuro", "=", True)]),
     "intensity-above-usual": (None, [("exercise-trigger", "=", True)]),
     "heavy-sweating": (None, [("environment", "=", "heat")]),
-    "altered-mentation": (None, [("environment", "=", "heat")]),
+    # R2.7: asked whenever heat or exertion is involved or a neurological symptom is answered
+    "altered-mentation": (
+        "any",
+        [
+            ("environment", "=", "heat"),
+            ("exercise-trigger", "=", True),
+            ("new-weakness", "=", True),
+            ("sensory-change", "=", True),
+            ("other-neuro", "=", True),
+        ],
+    ),
     "injury-date": (
         "any",
         [("recent-injury", "=", c) for c in ("82271004", "90460009", "712893003")],
@@ -248,3 +258,44 @@ def test_extraction_metadata(questionnaire: dict[str, Any]) -> None:
     condition = contained[ref]
     assert condition["resourceType"] == "Condition"
     assert condition["verificationStatus"]["coding"][0]["code"] == "provisional"
+
+
+#: R2.7: the red-flag items a completed response must answer (RF-01..RF-06 and TY-HEAT-X).
+RED_FLAG_ITEMS = {
+    "pain-nrs",
+    "frequency",
+    "new-weakness",
+    "sensory-change",
+    "other-neuro",
+    "swelling",
+    "skin-change",
+    "altered-mentation",
+    "recent-injury",
+    "self-care-tried",
+}
+
+
+def test_red_flag_items_are_required(questionnaire: dict[str, Any]) -> None:
+    index = index_questionnaire(questionnaire)
+    required = {link_id for link_id, item in index.items.items() if item.get("required")}
+    assert required == RED_FLAG_ITEMS
+
+
+def test_no_item_is_hidden_by_an_item_of_a_later_group(questionnaire: dict[str, Any]) -> None:
+    """R2.7: a clinician filling the form in order sees every item an earlier answer enables."""
+    index = index_questionnaire(questionnaire)
+    order = {link_id: n for n, link_id in enumerate(index.items)}
+    for link_id, item in index.items.items():
+        for cond in item.get("enableWhen") or ():
+            assert order[cond["question"]] < order[link_id], (link_id, cond["question"])
+
+
+def test_none_answers_are_exclusive(questionnaire: dict[str, Any]) -> None:
+    exclusive = "http://hl7.org/fhir/StructureDefinition/questionnaire-optionExclusive"
+    for item in index_questionnaire(questionnaire).items.values():
+        for option in item.get("answerOption") or ():
+            flagged = any(
+                e["url"] == exclusive and e["valueBoolean"] for e in option.get("extension", [])
+            )
+            is_none = option.get("valueCoding", {}).get("code") == "none"
+            assert flagged is (is_none and bool(item.get("repeats"))), (item["linkId"], option)

@@ -171,9 +171,62 @@ def test_valid_response_has_no_issue(questionnaire: dict[str, Any]) -> None:
             answer("recent-injury", coding(SCT, "82271004")),
             answer("injury-date", {"valueDate": "2026-11-20"}),
             answer("movement-text", {"valueString": "turning the head"}),
+            *RED_FLAGS_NO,
         ]
     )
     assert validate_response(questionnaire, response) == []
+
+
+#: The other red-flag items a completed response must answer (R2.7), answered "no".
+RED_FLAGS_NO = [
+    answer(link_id, {"valueBoolean": False})
+    for link_id in (
+        "new-weakness",
+        "other-neuro",
+        "swelling",
+        "skin-change",
+        "self-care-tried",
+        "altered-mentation",
+    )
+] + [answer("frequency", coding(LOCAL, "first"))]
+
+
+def test_red_flag_items_are_required_in_a_completed_response(
+    questionnaire: dict[str, Any],
+) -> None:
+    response = qr([answer("pain-nrs", {"valueInteger": 3})])
+    missing = {i.diagnostics.split("'")[1] for i in validate_response(questionnaire, response)}
+    assert missing == {
+        "frequency",
+        "new-weakness",
+        "sensory-change",
+        "other-neuro",
+        "swelling",
+        "skin-change",
+        "recent-injury",
+        "self-care-tried",
+    }
+    # altered-mentation is required only once enabled (heat, exertion or a neurological symptom)
+    exertion = qr([answer("exercise-trigger", {"valueBoolean": True})])
+    assert "altered-mentation" in str(validate_response(questionnaire, exertion))
+    assert validate_response(questionnaire, {**response, "status": "in-progress"}) == []
+
+
+def test_an_exclusive_none_cannot_be_combined(questionnaire: dict[str, Any]) -> None:
+    both = qr(
+        [
+            answer("environment", coding(LOCAL, "none"), coding(LOCAL, "heat")),
+            answer("recent-injury", coding(LOCAL, "none"), coding(SCT, "90460009")),
+        ]
+    )
+    issues = [i for i in validate_response(questionnaire, both) if i.code == "business-rule"]
+    assert [i.expression[0] for i in issues] == [
+        "QuestionnaireResponse.item[0].answer[0]",
+        "QuestionnaireResponse.item[1].answer[0]",
+    ]
+    assert all("exclusive" in i.diagnostics for i in issues)
+    alone = qr([answer("environment", coding(LOCAL, "heat"), coding(LOCAL, "cold"))])
+    assert not [i for i in validate_response(questionnaire, alone) if i.code == "business-rule"]
 
 
 def test_invalid_answers_are_located(questionnaire: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """Content checks for the terminology artifacts (ValueSets, rule CodeSystem, ActivityDefinitions).
 
 Covers definitions/ValueSet-*.json, definitions/CodeSystem-rule.json and
-definitions/ActivityDefinition-*.json against the conventions of docs/terminology.md and
-docs/authoring.md (codes, verification tiers, published OIDs).
+definitions/ActivityDefinition-*.json against the conventions of docs/terminology.md (codes,
+verification tiers, published OIDs, the Revision 2 families and their close negatives).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ DEFS = ROOT / "definitions"
 DOCS = ROOT / "docs"
 BASE = "http://example.org/fhir/muscle-spasm"
 VER_EXT = f"{BASE}/StructureDefinition/verification-status"
+PARENT_EXT = f"{BASE}/StructureDefinition/enumerated-parent"
 ING_EXT = f"{BASE}/StructureDefinition/ingredient-name"
 TIERS = {"V1", "V2", "UNVERIFIED"}
 
@@ -211,7 +212,7 @@ def test_identity_and_metadata(path: Path) -> None:
     assert re.fullmatch(r"[A-Z][A-Za-z0-9]*", data["name"]), data["name"]
     assert data["title"].strip()
     assert data["status"] == "active"
-    assert data["date"] == "2026-12-01"
+    assert data["date"] in {"2026-12-01", "2026-12-07"}  # 2026-12-07: Revision 2 content
     assert data["publisher"] == "Muscle Spasm Guideline Service"
     assert data["description"].strip()
 
@@ -229,7 +230,8 @@ def test_valueset_structure(path: Path) -> None:
     res = load(path)
     exp = res["expansion"]
     assert re.fullmatch(r"urn:uuid:[0-9a-f-]{36}", exp["identifier"])
-    assert exp["timestamp"] == "2026-12-01T00:00:00Z"
+    # written by the authoring command (docs/terminology.md "ICD-10-CM source and expansions")
+    assert re.fullmatch(r"2026-12-\d\dT\d\d:\d\d:\d\dZ", exp["timestamp"])
     assert exp["total"] == len(exp["contains"]) > 0
     keys = [(c["system"], c["code"]) for c in exp["contains"]]
     assert len(keys) == len(set(keys)), "duplicate expansion entries"
@@ -269,10 +271,20 @@ def test_verification_tiers(path: Path) -> None:
         for inc in res["compose"]["include"]
         for c in inc.get("concept", [])
     }
+    filter_tiers = {
+        (inc["system"], f["value"]): tier_of(inc)
+        for inc in res["compose"]["include"]
+        for f in inc.get("filter", [])
+    }
     for c in res["expansion"]["contains"]:
         tier = tier_of(c)
         assert tier in TIERS, c["code"]
-        assert compose_tiers[(c["system"], c["code"])] == tier
+        key = (c["system"], c["code"])
+        if key in compose_tiers:
+            assert compose_tiers[key] == tier
+        else:  # derived from an ICD-10-CM filter: the include's tier
+            admitting = {t for f, t in filter_tiers.items() if covered_by_filter(*key, {f})}
+            assert admitting == {tier}, key
         tiers.append(tier)
     root = tier_of(res)
     assert (root == "UNVERIFIED") == ("UNVERIFIED" in tiers)
@@ -378,7 +390,7 @@ SPOT_CHECKS = [
     ("vs-post-stroke-spasticity", SCT, "108691000119102", "V1"),
     ("vs-stroke-sequela", SCT, "442733008", "V1"),
     ("vs-injury-head-neck-back", ICD, "S39.012A", "V1"),
-    ("vs-neuro-symptoms", ICD, "R20.2", "V2"),
+    ("vs-neuro-symptoms", ICD, "R20.2", "V1"),
     ("vs-hyperthyroidism", SCT, "34486009", "V1"),
     ("vs-heart-block", SCT, "233916004", "V1"),
     ("vs-myocardial-infarction", SCT, "22298006", "V1"),
@@ -451,7 +463,7 @@ def test_icd_hierarchies_covered_by_filters(vs_id: str, code: str) -> None:
 
 
 def test_filters_do_not_overreach() -> None:
-    assert not covered_by_filter(ICD, "S22.0XXA", compose_filters(vs("vs-injury-head-neck-back")))
+    assert not covered_by_filter(ICD, "S36.116A", compose_filters(vs("vs-injury-head-neck-back")))
     assert not covered_by_filter(ICD, "B55.0", compose_filters(vs("vs-malaria")))
     assert not covered_by_filter(ICD, "T67.0XXA", compose_filters(vs("vs-heat-cramp")))
 
@@ -529,13 +541,9 @@ def test_education_payload_is_a_fhirpath_string(ad_id: str) -> None:
     result = fhirpathpy.evaluate({}, dv["expression"]["expression"])
     assert isinstance(result, list) and len(result) == 1
     text = result[0]
-    seed = (ROOT.parent / "shared" / "seed" / "000_fd95c578ff9ff21f.txt").resolve()
-    seed_text = seed.read_text(encoding="utf-8") if seed.is_file() else None
-    for bullet in SEED_BULLETS[ad_id]:
+    for bullet in SEED_BULLETS[ad_id]:  # verbatim bullets of the clinician overview
         assert bullet in text
         assert bullet in ad["description"]
-        if seed_text is not None:
-            assert bullet in seed_text
 
 
 # ------------------------------------------------------------------------------- docs
@@ -555,3 +563,226 @@ def test_clinical_review_lists_every_unverified_code() -> None:
             if tier_of(c) == "UNVERIFIED":
                 assert c["code"] in doc
                 assert res["id"] in doc
+
+
+# ------------------------------------------------------- Revision 2 families (R2.1-R2.4)
+
+# R2.2: the ICD-10-CM categories of each family, exactly (is-a filters, one include each)
+R2_ICD_FAMILIES = {
+    "vs-injury-head-neck-back": {f"S0{i}" for i in range(10)}
+    | {f"S1{i}" for i in range(10) if i != 8}  # S18 does not exist in ICD-10-CM
+    | {"S22.0", "S23.0", "S23.1", "S23.3", "S24", "S29.012"}
+    | {"S30.0", "S31.0", "S32.0", "S33.0", "S33.1", "S33.5", "S34", "S39.0", "S39.92"},
+    "vs-neuro-symptoms": {"R20", "R53.1", "M62.81", "R29.810", "R29.818", "R26.0", "R26.1"}
+    | {"G83.4", "G95.2"},
+    "vs-swelling-skin": {"R22", "R60.0", "L53.9", "L03", "I80", "I82.4", "I82.6", "T79.A", "M79.A"},
+    "vs-heart-block": {"I44", "I45"},
+    "vs-arrhythmia": {"I47", "I48", "I49"},
+    "vs-heart-failure": {"I50"},
+    "vs-hyperthyroidism": {"E05"},
+    "vs-myocardial-infarction": {"I21", "I22"},
+    "vs-pregnancy": {"O09", "Z33.1", "Z34", "Z3A"}
+    | {f"O1{i}" for i in range(7)}
+    | {f"O2{i}" for i in range(10) if i != 7}  # O27 does not exist
+    | {f"O3{i}" for i in range(7)}  # O37-O39 do not exist
+    | {f"O4{i}" for i in range(9)},
+    "vs-stroke": {"I60", "I61", "I62", "I63"},
+    "vs-stroke-sequela": {"I69"},
+}
+
+
+@pytest.mark.parametrize("vs_id", sorted(R2_ICD_FAMILIES))
+def test_r2_icd_families_are_exactly_the_listed_categories(vs_id: str) -> None:
+    res = vs(vs_id)
+    assert compose_filters(res) == {(ICD, c) for c in R2_ICD_FAMILIES[vs_id]}
+    for inc in res["compose"]["include"]:
+        if inc["system"] == ICD:  # intensional only: no hand-listed ICD-10-CM leaves
+            assert "concept" not in inc
+            assert [f["op"] for f in inc["filter"]] == ["is-a"]
+            assert tier_of(inc) == "V1"  # the CMS tabular list
+
+
+@pytest.mark.parametrize("vs_id", sorted(R2_ICD_FAMILIES))
+def test_r2_snomed_includes_name_their_parent(vs_id: str) -> None:
+    """R2.3: each SNOMED CT include says which parent concept it enumerates."""
+    for inc in vs(vs_id)["compose"]["include"]:
+        if inc["system"] == SCT:
+            parents = [e for e in inc.get("extension", []) if e["url"] == PARENT_EXT]
+            assert len(parents) == 1, inc
+            coding = parents[0]["valueCoding"]
+            assert coding["system"] == SCT and coding["code"] and coding["display"]
+
+
+# Descendants the spec names only by their category (or SNOMED codes R2.2/R2.3 name): members.
+R2_MEMBERS = (
+    [
+        ("vs-injury-head-neck-back", ICD, c)
+        for c in ("S22.009A", "S24.109A", "S23.3XXA", "S29.012A", "S32.009A", "S34.109A")
+        + ("S06.0X0A", "S13.4XXA", "S39.92XA", "S33.5XXA", "S31.000A", "S30.0XXA")
+    ]
+    + [
+        ("vs-neuro-symptoms", ICD, c)
+        for c in ("G83.4", "G95.20", "R20.2", "R26.1", "R29.810", "R29.818", "R53.1", "M62.81")
+    ]
+    + [
+        ("vs-swelling-skin", ICD, c)
+        for c in ("I82.401", "L03.115", "I80.10", "T79.A11A", "M79.A21", "R22.41", "R60.0", "L53.9")
+    ]
+    + [
+        ("vs-arrhythmia", ICD, "I48.91"),
+        ("vs-arrhythmia", ICD, "I49.9"),
+        ("vs-arrhythmia", ICD, "I47.10"),
+        ("vs-heart-block", ICD, "I45.81"),
+        ("vs-heart-block", ICD, "I44.2"),
+        ("vs-heart-failure", ICD, "I50.32"),
+        ("vs-hyperthyroidism", ICD, "E05.00"),
+        ("vs-myocardial-infarction", ICD, "I21.01"),
+        ("vs-myocardial-infarction", ICD, "I22.0"),
+    ]
+    + [
+        ("vs-pregnancy", ICD, c)
+        for c in ("O09.90", "Z34.90", "O24.410", "Z3A.20", "Z33.1", "O36.80X0", "O10.011", "O48.0")
+    ]
+    + [("vs-stroke", ICD, c) for c in ("I61.9", "I60.9", "I62.00", "I63.9")]
+    + [
+        ("vs-stroke-sequela", ICD, "I69.354"),
+        # SNOMED CT codes R2.2 names, and the spec's own §3.1 codes
+        ("vs-swelling-skin", SCT, "128053003"),
+        ("vs-swelling-skin", SCT, "128045006"),
+        ("vs-swelling-skin", SCT, "65124004"),
+        ("vs-swelling-skin", SCT, "247441003"),
+        ("vs-arrhythmia", SCT, "49436004"),
+        ("vs-arrhythmia", SCT, "698247007"),
+        ("vs-heart-failure", SCT, "84114007"),
+        ("vs-heart-failure", SCT, "42343007"),
+        ("vs-myocardial-infarction", SCT, "401303003"),
+        ("vs-myocardial-infarction", SCT, "22298006"),
+        ("vs-hyperthyroidism", SCT, "353295004"),
+        ("vs-hyperthyroidism", SCT, "34486009"),
+        ("vs-heart-block", SCT, "233916004"),
+        ("vs-injury-head-neck-back", SCT, "712893003"),
+        ("vs-injury-head-neck-back", SCT, "39848009"),
+        ("vs-neuro-symptoms", SCT, "44077006"),
+        ("vs-pregnancy", SCT, "77386006"),
+        ("vs-pregnancy", SCT, "72892002"),
+        ("vs-stroke", SCT, "230690007"),
+        ("vs-stroke", SCT, "274100004"),
+    ]
+)
+
+# Close negatives: neighbours of each family that R2.2 leaves out.
+R2_NOT_MEMBERS = (
+    [
+        ("vs-injury-head-neck-back", ICD, c)
+        for c in (
+            "S36.116A",
+            "S37.001A",
+            "S30.11XA",
+            "S31.100A",
+            "S32.10XA",
+            "S20.219A",
+            "S22.31XA",
+        )
+        + ("S33.6XXA",)
+    ]
+    + [("vs-neuro-symptoms", ICD, c) for c in ("R26.2", "R29.6", "G83.5")]
+    + [("vs-swelling-skin", ICD, c) for c in ("I82.501", "I82.90", "I83.90", "R23.2")]
+    + [
+        ("vs-arrhythmia", ICD, "R00.0"),
+        ("vs-arrhythmia", ICD, "I46.9"),
+        ("vs-heart-failure", ICD, "I11.9"),
+        ("vs-heart-failure", ICD, "I51.7"),
+        ("vs-myocardial-infarction", ICD, "I25.2"),
+        ("vs-hyperthyroidism", ICD, "E03.9"),
+    ]
+    + [
+        ("vs-pregnancy", ICD, c)
+        for c in ("O03.9", "O80", "O90.89", "O99.89", "Z39.2", "O00.90", "O08.9", "O9A.119")
+    ]
+    + [
+        ("vs-stroke", ICD, "G45.9"),
+        ("vs-stroke", ICD, "S06.5X0A"),
+        ("vs-stroke", ICD, "I67.89"),
+        ("vs-pregnancy", SCT, "34801009"),  # ectopic pregnancy
+        ("vs-pregnancy", SCT, "60001007"),  # not pregnant
+        ("vs-arrhythmia", SCT, "11092001"),  # sinus tachycardia
+        ("vs-myocardial-infarction", SCT, "32574007"),  # past MI without current symptoms
+    ]
+)
+
+
+@pytest.mark.parametrize(("vs_id", "system", "code"), R2_MEMBERS)
+def test_r2_required_members(vs_id: str, system: str, code: str) -> None:
+    assert (system, code) in members(vs_id)
+
+
+@pytest.mark.parametrize(("vs_id", "system", "code"), R2_NOT_MEMBERS)
+def test_r2_close_negatives(vs_id: str, system: str, code: str) -> None:
+    assert (system, code) not in members(vs_id)
+
+
+def test_r2_codes_of_these_tests_are_real_icd10cm_codes() -> None:
+    """A close negative that is not a code at all would pass for nothing."""
+    icd10cm = pytest.importorskip("fhir_service.tools.icd10cm").icd10cm()
+    for _vs, system, code in R2_MEMBERS + R2_NOT_MEMBERS:
+        if system == ICD:
+            assert icd10cm.display(code), code
+
+
+# R2.4: ingredient (IN) codes, matched without display
+R2_INGREDIENTS = [
+    ("vs-maoi", "8123", "phenelzine"),
+    ("vs-maoi", "10734", "tranylcypromine"),
+    ("vs-maoi", "6011", "isocarboxazid"),
+    ("vs-maoi", "9639", "selegiline"),
+    ("vs-maoi", "6878", "methylene blue"),
+    ("vs-cns-active", "39786", "venlafaxine"),
+    ("vs-cns-active", "734064", "desvenlafaxine"),
+    ("vs-cns-active", "72625", "duloxetine"),
+    ("vs-cns-active", "1433212", "levomilnacipran"),
+    ("vs-cns-active", "15996", "mirtazapine"),
+    ("vs-cns-active", "10737", "trazodone"),
+    ("vs-cns-active", "31565", "nefazodone"),
+    ("vs-cns-active", "42347", "bupropion"),
+    ("vs-cns-active", "704", "amitriptyline"),
+    ("vs-cns-active", "36437", "sertraline"),
+    ("vs-cns-active", "8123", "phenelzine"),
+    ("vs-cyp1a2-strong-inhibitors", "2551", "ciprofloxacin"),
+]
+
+
+@pytest.mark.parametrize(("vs_id", "code", "ingredient"), R2_INGREDIENTS)
+def test_r2_ingredient_codes(vs_id: str, code: str, ingredient: str) -> None:
+    assert members_ingredients(vs_id)[code] == ingredient
+    assert members(vs_id)[(RX, code)] in {"V1", "V2"}
+
+
+def test_r2_maoi_names() -> None:
+    names = set(ingredient_names(vs("vs-maoi")))
+    assert names >= {"phenelzine", "tranylcypromine", "isocarboxazid", "selegiline"}
+    assert names >= {"rasagiline", "safinamide", "linezolid", "methylene blue"}
+
+
+def test_r2_antidepressants_are_cns_active() -> None:
+    """Every SCD of VSAC Antidepressant Medication 196.12.1213 read (incl. SNRIs) is a member."""
+    cns = members_ingredients("vs-cns-active")
+    for code, ingredient in {
+        "313581": "venlafaxine",
+        "790264": "desvenlafaxine",
+        "1433217": "levomilnacipran",
+        "311725": "mirtazapine",
+        "856377": "trazodone",
+        "1098649": "nefazodone",
+        "993541": "bupropion",
+        "856834": "amitriptyline",
+        "403970": "fluoxetine",  # fluoxetine/olanzapine counts as the antidepressant
+    }.items():
+        assert cns[code] == ingredient
+
+
+def test_r2_ciprofloxacin_systemic_forms_only() -> None:
+    res = vs("vs-cyp1a2-strong-inhibitors")
+    cipro = {c["code"]: c["display"] for c in res["expansion"]["contains"]}
+    for code in ("309309", "197511", "197512", "199370", "309308", "309310", "359383", "403921"):
+        assert "ciprofloxacin" in cipro[code]
+    assert not [d for d in cipro.values() if re.search(r"ophthalmic|otic|topical", d, re.I)]

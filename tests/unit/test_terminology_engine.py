@@ -1,13 +1,16 @@
 """Value-set membership without a terminology server (``engine/terminology.py``).
 
-Rules: expansion and compose concepts; ICD-10-CM ``is-a`` is a code prefix with the dot
-ignored; SNOMED ``is-a X`` admits X only; excluded concepts are out; a CodeableConcept may
-match by an ingredient name in its text or a coding display; ``ingredients()`` names the drugs.
+Rules: the stored expansion is the membership (compose concepts when there is none); ICD-10
+codes match with or without the dot and in any case; excluded concepts are out; a
+CodeableConcept may match by an ingredient name in its text or a coding display;
+``ingredients()`` names the drugs; what the service cannot honour is refused
+(``valueset_compose``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,21 @@ from fhir_service.engine.terminology import (
 
 SCT = "http://snomed.info/sct"
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
 BASE = "http://example.org/fhir/muscle-spasm/ValueSet"
 DEFINITIONS = Path(__file__).resolve().parent.parent.parent / "definitions"
 
 
 def ingredient(name: str) -> dict[str, Any]:
     return {"url": INGREDIENT_NAME_URL, "valueString": name}
+
+
+def is_a(system: str, value: str, op: str = "is-a") -> dict[str, Any]:
+    return {"system": system, "filter": [{"property": "concept", "op": op, "value": value}]}
+
+
+def entry(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    return {"system": system, "code": code, **({"display": display} if display else {})}
 
 
 SPASM: dict[str, Any] = {
@@ -38,31 +50,48 @@ SPASM: dict[str, Any] = {
     "compose": {
         "include": [
             {"system": SCT, "concept": [{"code": "45352006"}]},
-            {"system": SCT, "filter": [{"property": "concept", "op": "is-a", "value": "55300003"}]},
-            {
-                "system": ICD10CM,
-                "filter": [{"property": "concept", "op": "is-a", "value": "M62.83"}],
-            },
+            is_a(ICD10CM, "M62.83"),
             {"system": ICD10CM, "concept": [{"code": "R25.2"}]},
-            {
-                "system": "http://hl7.org/fhir/sid/icd-10",
-                "filter": [{"property": "concept", "op": "is-a", "value": "G24"}],
-            },
+            {"system": ICD10, "concept": [{"code": "G24.3"}]},
         ],
         "exclude": [{"system": ICD10CM, "concept": [{"code": "M62.838"}]}],
+    },
+    # as the expansion command computes it from the ICD-10-CM tabular list
+    "expansion": {
+        "total": 6,
+        "contains": [
+            entry(SCT, "45352006", "Spasm"),
+            entry(ICD10CM, "M62.83", "Muscle spasm"),
+            entry(ICD10CM, "M62.830", "Muscle spasm of back"),
+            entry(ICD10CM, "M62.831", "Muscle spasm of calf"),
+            entry(ICD10CM, "R25.2", "Cramp and spasm"),
+            entry(ICD10, "G24.3"),
+        ],
     },
 }
 DRUGS: dict[str, Any] = {
     "resourceType": "ValueSet",
     "url": f"{BASE}/drugs",
     "extension": [ingredient("Cyclobenzaprine"), ingredient("tizanidine")],
-    "compose": {"include": [{"system": RX, "concept": [{"code": "21949"}]}]},
+    "compose": {
+        "include": [
+            {
+                "system": RX,
+                "concept": [
+                    {"code": "21949"},
+                    {"code": "828348", "extension": [ingredient("cyclobenzaprine")]},
+                    {"code": "57258", "extension": [ingredient("tizanidine")]},
+                    {"code": "999"},
+                ],
+            }
+        ]
+    },
     "expansion": {
         "contains": [
+            {"system": RX, "code": "21949"},
             {"system": RX, "code": "828348", "extension": [ingredient("cyclobenzaprine")]},
             {"system": RX, "code": "57258", "extension": [ingredient("tizanidine")]},
             {"system": RX, "code": "999"},
-            {"code": "no-system"},
         ]
     },
 }
@@ -86,20 +115,21 @@ def coding(system: str, code: str, display: str | None = None) -> dict[str, Any]
 @pytest.mark.parametrize(
     ("system", "code", "member"),
     [
-        (SCT, "45352006", True),  # compose concept
-        (SCT, "55300003", True),  # is-a admits the code itself
-        (SCT, "449918009", False),  # a SNOMED descendant needs a terminology server
+        (SCT, "45352006", True),
+        (SCT, "55300003", False),  # not listed
         ("http://example.org/other", "45352006", False),
         (ICD10CM, "M62.83", True),
-        (ICD10CM, "M62.831", True),  # prefix with the dot
-        (ICD10CM, "M62831", True),  # prefix without the dot
-        (ICD10CM, "m62.831", True),  # case
+        (ICD10CM, "M62.831", True),  # a descendant with the dot
+        (ICD10CM, "M62831", True),  # without the dot
+        (ICD10CM, "m62.831", True),  # lower case
+        (ICD10CM, "m62831", True),
         (ICD10CM, "M62.8", False),  # the parent
         (ICD10CM, "M62.9", False),
+        (ICD10CM, "M62.839", False),  # not in the expansion: no prefix matching any more
         (ICD10CM, "M62.838", False),  # excluded
-        (ICD10CM, "M62838", False),  # excluded, without the dot
-        (ICD10CM, "R252", True),  # a listed ICD concept, without the dot
-        ("http://hl7.org/fhir/sid/icd-10", "G24.3", True),
+        (ICD10CM, "R252", True),
+        (ICD10, "G24.3", True),
+        (ICD10, "g243", True),
         (SCT, "", False),
     ],
 )
@@ -182,45 +212,70 @@ def test_index_records_ingredients() -> None:
     index = index_value_set(DRUGS)
     assert index.names == ["cyclobenzaprine", "tizanidine"]
     assert index.code_ingredient[(RX, "828348")] == "cyclobenzaprine"
-    assert (RX, "no-system") not in index.codes
+    assert [c["code"] for c in index.contains] == ["21949", "828348", "57258", "999"]
 
 
-# --- what membership cannot honour is refused at load time ---------------------------------------
+# --- a ValueSet without a stored expansion: its listed concepts ---------------------------------
+
+
+def test_compose_only_value_set_is_its_listed_concepts_minus_excluded() -> None:
+    vs = {
+        "url": f"{BASE}/listed",
+        "compose": {
+            "include": [{"system": ICD10CM, "concept": [{"code": "I48.91"}, {"code": "I48.0"}]}],
+            "exclude": [{"system": ICD10CM, "concept": [{"code": "I480"}]}],
+        },
+    }
+    terminology = Terminology([vs])
+    assert terminology.member(entry(ICD10CM, "i4891"), f"{BASE}/listed")
+    assert not terminology.member(entry(ICD10CM, "I48.0"), f"{BASE}/listed")
+    index = terminology.get(f"{BASE}/listed")
+    assert index is not None
+    assert [c["code"] for c in index.contains] == ["I48.91"]
+
+
+def test_display_of_a_member(terminology: Terminology) -> None:
+    index = terminology.get(f"{BASE}/spasm")
+    assert index is not None
+    assert index.display(ICD10CM, "m62831") == "Muscle spasm of calf"
+    assert index.display(ICD10, "G24.3") is None  # a member without a display
+    assert index.display(ICD10CM, "M62.9") is None  # no member
+    assert [c["code"] for c in index.contains][:2] == ["45352006", "M62.83"]
+
+
+# --- what the service cannot honour is refused at load time --------------------------------------
 
 
 @pytest.mark.parametrize(
     ("compose", "words"),
     [
         ({"include": [{"valueSet": [f"{BASE}/other"]}]}, "valueSet"),
+        ({"include": [is_a(SCT, "1")]}, "filters on http://snomed.info/sct are not supported"),
         (
             {
                 "include": [
                     {
-                        "system": SCT,
-                        "filter": [{"property": "concept", "op": "descendent-of", "value": "1"}],
+                        "system": ICD10CM,
+                        "filter": [{"property": "parent", "op": "=", "value": "I48"}],
                     }
-                ]
-            },
-            "'descendent-of' is not supported",
-        ),
-        (
-            {
-                "include": [
-                    {"system": SCT, "filter": [{"property": "parent", "op": "=", "value": "1"}]}
                 ]
             },
             "'parent' '='",
         ),
+        ({"include": [is_a(ICD10CM, "I48", "is-not-a")]}, "'concept' 'is-not-a'"),
+        ({"include": [is_a(ICD10CM, "S00-S09")]}, "not an ICD-10-CM code or category"),
+        ({"include": [is_a(ICD10CM, "i48")]}, "as printed"),
         (
-            {
-                "include": [{"system": SCT, "concept": [{"code": "1"}]}],
-                "exclude": [
-                    {"system": SCT, "filter": [{"property": "concept", "op": "is-a", "value": "1"}]}
-                ],
-            },
-            "exclude[0].filter",
+            {"include": [{"system": SCT, "concept": [{"code": "1"}]}], "exclude": [is_a(SCT, "1")]},
+            "exclude[0].filter[0]: filters on http://snomed.info/sct",
         ),
         ({"include": [{"concept": [{"code": "1"}]}]}, "needs a system"),
+        ({"include": [{"system": SCT}]}, "a whole code system"),
+        (
+            {"include": [{**is_a(ICD10CM, "I48"), "concept": [{"code": "I10"}]}]},
+            "both concept and filter",
+        ),
+        ({"include": [is_a(ICD10CM, "I48")]}, "no stored expansion"),
     ],
 )
 def test_unsupported_compose_is_named(compose: dict[str, Any], words: str) -> None:
@@ -231,6 +286,72 @@ def test_unsupported_compose_is_named(compose: dict[str, Any], words: str) -> No
 def test_supported_compose_has_no_problem() -> None:
     assert unsupported_compose(SPASM) == []
     assert unsupported_compose(DRUGS) == []
+
+
+def _with(contains: list[dict[str, Any]], **compose: Any) -> dict[str, Any]:
+    return {
+        "url": f"{BASE}/x",
+        "compose": {"include": [is_a(ICD10CM, "I48")], **compose},
+        "expansion": {"total": len(contains), "contains": contains},
+    }
+
+
+I48 = [entry(ICD10CM, "I48"), entry(ICD10CM, "I48.9"), entry(ICD10CM, "I48.91")]
+
+
+@pytest.mark.parametrize(
+    ("vs", "words"),
+    [
+        (_with([*I48, entry(ICD10CM, "I49.9")]), "I49.9 is admitted by no compose.include"),
+        (_with([*I48, entry(SCT, "I48.0")]), "admitted by no compose.include"),
+        (_with(I48[1:]), "I48 of compose.include is missing"),
+        (
+            _with(I48, exclude=[{"system": ICD10CM, "concept": [{"code": "I48.91"}]}]),
+            "I48.91 is excluded",
+        ),
+        (_with(I48, exclude=[is_a(ICD10CM, "I48.9")]), "I48.9 is excluded"),
+        (_with([*I48, entry(ICD10CM, "i4891")]), "is listed twice"),
+        (_with([*I48[:2], {**I48[2], "contains": []}]), "contains not supported here"),
+        (_with([*I48[:2], {"code": "I48.91"}]), "needs a system and a code"),
+        (
+            {**_with(I48), "expansion": {"total": 5, "contains": I48}},
+            "expansion.total is 5 but contains lists 3",
+        ),
+        (
+            {**_with(I48[1:]), "compose": {"include": [is_a(ICD10CM, "I48", "descendent-of")]}},
+            "",
+        ),
+        (
+            {**_with(I48), "compose": {"include": [is_a(ICD10CM, "I48", "descendent-of")]}},
+            "I48 is admitted by no compose.include",
+        ),
+    ],
+)
+def test_an_expansion_that_disagrees_with_its_compose_is_refused(
+    vs: dict[str, Any], words: str
+) -> None:
+    problems = unsupported_compose(vs)
+    if words:
+        assert any(words in p for p in problems), problems
+    else:
+        assert problems == []
+
+
+def test_an_expansion_that_agrees_with_its_compose_is_accepted() -> None:
+    assert unsupported_compose(_with(I48)) == []
+    several = _with(
+        I48[1:],
+        include=[
+            {
+                "system": ICD10CM,
+                "filter": [
+                    {"property": "concept", "op": "is-a", "value": "I48"},
+                    {"property": "concept", "op": "is-a", "value": "I48.9"},
+                ],
+            }
+        ],
+    )
+    assert unsupported_compose(several) == []  # filters of one include are AND-ed
 
 
 # --- the real ValueSets ---------------------------------------------------------------------
@@ -259,3 +380,35 @@ def test_every_listed_concept_is_a_member_of_its_value_set(path: Path) -> None:
             {"coding": [coding(system, code)]}, f"{vs['url']}|{vs['version']}"
         )
     assert not terminology.member(coding(SCT, "0000000"), vs["url"])
+
+
+# --- the loader refuses to start on them --------------------------------------------------------
+
+MINI = Path(__file__).resolve().parent.parent / "fixtures" / "definitions-mini"
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda e: e["contains"].pop(2), "M62.83 of compose.include is missing"),
+        (
+            lambda e: e["contains"].append(entry(ICD10CM, "M62.9")),
+            "M62.9 is admitted by no compose.include",
+        ),
+        (lambda e: e["contains"].append(entry(ICD10CM, "m62831")), "is listed twice"),
+    ],
+)
+def test_the_loader_refuses_an_expansion_that_disagrees(
+    tmp_path: Path, edit: Any, words: str
+) -> None:
+    from fhir_service.knowledge.loader import KnowledgeError, load_definitions
+
+    shutil.copytree(MINI, tmp_path / "defs")
+    path = tmp_path / "defs" / "ValueSet-vs-mini-spasm.json"
+    vs = json.loads(path.read_text())
+    edit(vs["expansion"])
+    vs["expansion"]["total"] = len(vs["expansion"].get("contains", []))
+    path.write_text(json.dumps(vs))
+    with pytest.raises(KnowledgeError) as refused:
+        load_definitions(tmp_path / "defs")
+    assert any("ValueSet-vs-mini-spasm.json" in p and words in p for p in refused.value.problems)

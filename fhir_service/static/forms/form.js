@@ -17,6 +17,7 @@
     SDC + 'sdc-questionnaire-initialExpression',
     SDC + 'sdc-questionnaire-launchContext'
   ];
+  var OPTION_EXCLUSIVE = 'http://hl7.org/fhir/StructureDefinition/questionnaire-optionExclusive';
   var CDS_SERVICE = 'muscle-spasm-patient-view';
   var FHIR_JSON = 'application/fhir+json';
   var questionnaireId = document.body.dataset.questionnaireId;
@@ -134,6 +135,50 @@
     return qr;
   }
 
+  // An answer option flagged questionnaire-optionExclusive ("None") cannot be combined with the
+  // item's other answers (clinical-rules R2.7). LHC-Forms 40 does not read that extension, so the
+  // page checks it before submitting; $extract refuses such a response as well.
+  function exclusiveProblems(qr) {
+    var exclusive = {};
+    (function walk(items) {
+      (items || []).forEach(function (item) {
+        (item.answerOption || []).forEach(function (option) {
+          var flagged = (option.extension || []).some(function (e) {
+            return e.url === OPTION_EXCLUSIVE && e.valueBoolean === true;
+          });
+          if (!flagged || !option.valueCoding) return;
+          var rule = exclusive[item.linkId] || (exclusive[item.linkId] = { text: item.text, codes: [], labels: [] });
+          rule.codes.push(option.valueCoding.code);
+          rule.labels.push(option.valueCoding.display || option.valueCoding.code);
+        });
+        walk(item.item);
+      });
+    })(state.questionnaire.item);
+    var problems = [];
+    (function walk(items) {
+      (items || []).forEach(function (item) {
+        var rule = exclusive[item.linkId];
+        var answers = item.answer || [];
+        var chosen = answers.some(function (a) {
+          return a.valueCoding && rule && rule.codes.indexOf(a.valueCoding.code) >= 0;
+        });
+        if (chosen && answers.length > 1) {
+          problems.push(rule.text + ': "' + rule.labels.join('" or "') + '" cannot be combined with other answers');
+        }
+        answers.forEach(function (a) { walk(a.item); });
+        walk(item.item);
+      });
+    })(qr.item);
+    return problems;
+  }
+
+  // What must be fixed before a completed response can be sent: LHC-Forms' own checks (required
+  // items, value limits) and the exclusive answers.
+  function formProblems(qr) {
+    var invalid = window.LForms.Util.checkValidity($('formContainer')) || [];
+    return invalid.concat(exclusiveProblems(qr));
+  }
+
   function showExtracted(bundle, target) {
     var list = target || $('extracted');
     list.innerHTML = '';
@@ -226,6 +271,12 @@
   async function submit() {
     var qr = currentResponse();
     window.__lastResponse = qr;
+    var problems = formProblems(qr);
+    if (problems.length) {
+      setStatus('Please complete the assessment: ' + problems.join('; '), 'error');
+      window.__submitted = true;
+      return;
+    }
     $('results').hidden = false;
     setStatus('Submitting…');
     var extracted = await call('POST', '/fhir/QuestionnaireResponse/$extract', qr);
