@@ -30,11 +30,13 @@ from tests.browser.smart_ehr import Ehr, smart_ehr
 from tests.browser.test_assessment_form import (
     ARTIFACTS,
     CHROMIUM_ARGS,
+    answer_no,
     answer_yes,
     answers,
     choose,
     chromium,  # noqa: F401  (fixture)
     serve,
+    visible,
 )
 from tests.conftest import make_app
 from tests.integration._servers import (
@@ -222,8 +224,35 @@ def form_answers(page: Any) -> dict[str, list[Any]]:
     return answers(qr)
 
 
+#: The red-flag items a completed assessment must answer (they are ``required``), other than the
+#: pain score the chart pre-fills: a clinician who has nothing to report answers "No"/"None".
+RED_FLAG_BOOLEANS = (
+    "new-weakness",
+    "sensory-change",
+    "other-neuro",
+    "swelling",
+    "skin-change",
+    "self-care-tried",
+)
+
+
+def answer_remaining_red_flags(page: Any) -> None:
+    """Answer, as a clinician with nothing more to report, the required items still blank."""
+    given = form_answers(page)
+    if "frequency" not in given:
+        choose(page, "frequency", "First episode")
+    for link_id in RED_FLAG_BOOLEANS:
+        if link_id not in given:
+            answer_no(page, link_id)
+    if "altered-mentation" not in given and visible(page, "altered-mentation"):
+        answer_no(page, "altered-mentation")
+    if "recent-injury" not in given:
+        choose(page, "recent-injury", "None")
+
+
 def review_and_write(page: Any, until: str) -> str:
     """Submit, accept the review as it is, write; returns the status line once ``until``."""
+    answer_remaining_red_flags(page)
     page.locator("#submit").click()
     page.wait_for_selector("#review:not([hidden])")
     page.locator("#write").click()
@@ -272,6 +301,7 @@ def test_ehr_launch_from_a_card_prefills_writes_back_and_refreshes_cards(
     answer_yes(page, "heavy-sweating")
     answer_yes(page, "sensory-change")
     choose(page, "sensory-detail", "Numbness")
+    answer_remaining_red_flags(page)
     page.locator("#submit").click()
     page.wait_for_selector("#review:not([hidden])")
     review = page.locator("#review-list li").all_inner_texts()
