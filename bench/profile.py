@@ -178,3 +178,27 @@ def run(
             runtime.store.close()
     log(f"profile stages (CPU ms, median of 20): {result['stages_ms']}")
     return result
+
+
+def main() -> None:
+    """``python -m bench.profile``: stage medians of one r100 patient-view and order-sign call."""
+    from bench.generator import NOW, Terminology, build_hook_request
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = make_runtime(NOW, Path(tmp))
+        try:
+            terms = Terminology.load()
+            for service_id in ("muscle-spasm-patient-view", "muscle-spasm-order-sign"):
+                discovery = runtime.services[service_id].discovery()
+                raw = build_hook_request(discovery, 100, seed=1, terms=terms).encode()
+                for _ in range(3):
+                    _stages(runtime, service_id, raw)
+                samples = [_stages(runtime, service_id, raw) for _ in range(40)]
+                stages = {k: round(statistics.median(s[k] for s in samples), 2) for k in samples[0]}
+                print(f"{service_id} r100, CPU ms, median of 40: {stages}")
+        finally:
+            runtime.store.close()
+
+
+if __name__ == "__main__":
+    main()
