@@ -1,9 +1,12 @@
 """Where one CDS Hooks call spends its CPU: per stage, per rule, and cProfile's top functions.
 
 Runs in process, in the calling thread (cProfile sees one thread only), the same steps the
-route runs: ``orjson.loads`` → ``parse_hook_call`` → ``complete_prefetch`` → ``build_call_data``
-→ ``evaluate_service`` → ``orjson.dumps``. HTTP, auth and the thread hop are not included
-(the load figures hold those).
+route runs: ``orjson.loads`` → the body's nesting-depth check (``api.body.json_depth``) →
+``parse_hook_call`` → ``complete_prefetch`` → ``build_call_data`` → ``evaluate_service`` →
+``orjson.dumps`` → recording the issued cards (the route's background task; this stage is
+process CPU, as the store works in a worker thread, and it re-records the same
+``hookInstance``, an idempotent write). HTTP, auth and the thread hop are not included (the
+load figures hold those).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from fhir_service.api.body import json_depth
+from fhir_service.api.cds_hooks import _remember
 from fhir_service.cds.invoke import build_call_data, evaluate_service, parse_hook_call
 from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
 from fhir_service.engine.evaluation import CallInput
@@ -60,6 +65,8 @@ def _stages(runtime: Runtime, service_id: str, raw: bytes) -> dict[str, float]:
     t0 = clock()
     body = orjson.loads(raw)
     t1 = clock()
+    json_depth(body, runtime.settings.max_json_depth)
+    t1d = clock()
     call = parse_hook_call(body, service)
     t2 = clock()
     prefetched = _loop().run_until_complete(
@@ -77,14 +84,19 @@ def _stages(runtime: Runtime, service_id: str, raw: bytes) -> dict[str, float]:
     t5 = clock()
     orjson.dumps({"cards": cards})
     t6 = clock()
+    p6 = time.process_time()
+    _loop().run_until_complete(_remember(runtime, service, body, cards))
+    record = time.process_time() - p6
     times.update(
         parse=t1 - t0,
-        envelope=t2 - t1,
+        depth=t1d - t1,
+        envelope=t2 - t1d,
         prefetch=t3 - t2,
         index=t4 - t3,
         evaluate=t5 - t4,
         serialize=t6 - t5,
-        total=t6 - t0,
+        record=record,
+        total=t6 - t0 + record,
     )
     return {k: v * 1000 for k, v in times.items()}
 
@@ -166,3 +178,27 @@ def run(
             runtime.store.close()
     log(f"profile stages (CPU ms, median of 20): {result['stages_ms']}")
     return result
+
+
+def main() -> None:
+    """``python -m bench.profile``: stage medians of one r100 patient-view and order-sign call."""
+    from bench.generator import NOW, Terminology, build_hook_request
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = make_runtime(NOW, Path(tmp))
+        try:
+            terms = Terminology.load()
+            for service_id in ("muscle-spasm-patient-view", "muscle-spasm-order-sign"):
+                discovery = runtime.services[service_id].discovery()
+                raw = build_hook_request(discovery, 100, seed=1, terms=terms).encode()
+                for _ in range(3):
+                    _stages(runtime, service_id, raw)
+                samples = [_stages(runtime, service_id, raw) for _ in range(40)]
+                stages = {k: round(statistics.median(s[k] for s in samples), 2) for k in samples[0]}
+                print(f"{service_id} r100, CPU ms, median of 40: {stages}")
+        finally:
+            runtime.store.close()
+
+
+if __name__ == "__main__":
+    main()

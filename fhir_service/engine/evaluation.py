@@ -14,7 +14,7 @@ the call (clinical-reasoning.md §1.3; design-anchors.md lesson 4).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -107,6 +107,35 @@ class CallInput:
         return EvaluationSession(self.now, self.data.resolve, self.data.resolve_scoped)
 
 
+class LazyEnvironment(Mapping[str, Any]):
+    """The ``%variables`` one expression reads, each computed by its scope when first read.
+
+    A variable that the expression never reaches (the other branch of ``iif()``, the right of
+    a false ``and``) is not evaluated for it; one that is read is evaluated once per scope and
+    memoised, so values are those of evaluating them all up front.
+    """
+
+    __slots__ = ("_names", "_scope")
+
+    def __init__(self, scope: Scope, names: frozenset[str]) -> None:
+        self._scope = scope
+        self._names = names
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._scope.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 class Scope:
     """Lazily computed, memoised variables of one call (or of one PlanDefinition in a call)."""
 
@@ -172,8 +201,8 @@ class Scope:
         finally:
             self._active.discard(var.name)
 
-    def env(self, expression: CompiledExpression) -> dict[str, Any]:
-        return {name: self.get(name) for name in expression.variables}
+    def env(self, expression: CompiledExpression) -> Mapping[str, Any]:
+        return LazyEnvironment(self, expression.variables)
 
     def evaluate(
         self, expression: CompiledExpression, source: str, *, typed: bool = False

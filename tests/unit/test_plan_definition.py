@@ -506,3 +506,29 @@ def test_override_reasons_extension_becomes_one_coding_per_concept(engine: PlanE
         {"system": system, "code": "record-incorrect", "display": "Data in the record is wrong"},
     ]
     assert not any(e["url"].endswith("/override-reasons") for e in action["extension"])
+
+
+def test_a_variable_in_a_branch_not_taken_is_not_evaluated(engine: PlanEngine) -> None:
+    compiler = engine.compiler
+
+    def var(name: str, text: str) -> VariableDef:
+        return VariableDef(name, compiler.compile(text), f"test.variable[{name}]")
+
+    variables = {
+        v.name: v
+        for v in (
+            var("broken", "(1 | 2).single()"),
+            var("two", "2"),
+            var("skipped", "iif(true, %two, %broken)"),
+            var("taken", "iif(false, %two, %broken)"),
+            var("short", "false and %broken = 1"),
+        )
+    }
+    issues = IssueLog()
+    scope = Scope(CallInput(build_data_set([]), NOW), variables, {}, issues)
+    assert scope.get("skipped") == [2]
+    assert scope.get("short") == [False]
+    assert not issues.issues  # %broken was never read
+    assert scope.get("taken") == []
+    assert len(issues.issues) == 1 and "variable[broken]" in ",".join(issues.issues[0].expression)
+    assert scope.get("taken") == [] and len(issues.issues) == 1  # memoised, reported once

@@ -521,6 +521,31 @@ def _visit(node: Any) -> Any:
     return data
 
 
+class _Variables(dict[str, Any]):
+    """``ctx["vars"]``: ``%context``, ``%ucum`` and ``env``, an entry of ``env`` read from it
+    only when the expression first reads that variable (``env`` may compute it then, as
+    ``evaluation.LazyEnvironment`` does). ``env`` wins over the two built-ins, as in
+    fhirpathpy's ``vars.update(context)``."""
+
+    __slots__ = ("env",)
+
+    def __init__(self, resource: Any, env: Mapping[str, Any]) -> None:
+        super().__init__()
+        if "context" not in env:
+            self["context"] = resource
+        if "ucum" not in env:
+            self["ucum"] = "http://unitsofmeasure.org"
+        self.env = env
+
+    def __missing__(self, name: str) -> Any:
+        value = self.env[name]
+        self[name] = value
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in self.env
+
+
 @dataclass(frozen=True)
 class CompiledExpression:
     """A compiled FHIRPath expression and the ``%variables`` it reads."""
@@ -534,8 +559,7 @@ class CompiledExpression:
     ) -> list[Any]:
         resource = resource if resource is not None else {}
         data_root = resource if isinstance(resource, list) else [resource]
-        variables: dict[str, Any] = {"context": resource, "ucum": "http://unitsofmeasure.org"}
-        variables.update(env)
+        variables = _Variables(resource, env)
         ctx: dict[str, Any] = {
             "dataRoot": data_root,
             "vars": variables,
