@@ -27,18 +27,22 @@ def check_media_type(request: Request, accepted: tuple[str, ...] = JSON_MEDIA_TY
 
 
 def json_depth(value: Any, limit: int) -> int:
-    """Nesting depth of ``value``, computed iteratively; stops once ``limit`` is exceeded."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                return deepest
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+    """Nesting depth of ``value`` (a scalar is 0, ``{}`` or ``[]`` is 1), computed level by level
+    over objects and arrays only (scalars, most of a FHIR body, are never pushed); stops once
+    ``limit`` is exceeded."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        deeper: list[Any] = []
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, dict | list):
+                    deeper.append(child)
+        level = deeper
+    return depth
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
