@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from fhir_service.engine.data import build_data_set, flatten
-from fhir_service.engine.evaluation import CallInput, Scope, VariableDef
-from fhir_service.engine.plan_definition import ApplyResult, PlanEngine, action_type, hooks_of
+from fhir_service.engine.apply.evaluation import CallInput, Scope, VariableDef
+from fhir_service.engine.apply.plan_definition import ApplyResult, PlanEngine, action_type, hooks_of
+from fhir_service.engine.data.dataset import build_data_set, flatten
 from fhir_service.errors import IssueLog
 from fhir_service.knowledge.loader import load_definitions
 from fhir_service.knowledge.repository import KnowledgeBase

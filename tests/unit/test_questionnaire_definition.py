@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fhir_service.engine.fhirpath import FhirPathCompiler
-from fhir_service.engine.questionnaire_populate import compile_questionnaire
-from fhir_service.engine.questionnaire_response import index_questionnaire
+from fhir_service.engine.sdc.questionnaire_populate import compile_questionnaire
+from fhir_service.engine.sdc.questionnaire_response import index_questionnaire
 from fhir_service.fhir import validate_resource
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "definitions"

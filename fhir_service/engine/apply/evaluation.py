@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from fhir_service.engine.data import DataSet
+from fhir_service.engine.data.dataset import DataSet
 from fhir_service.engine.fhirpath import (
     CompiledExpression,
     EvaluationSession,

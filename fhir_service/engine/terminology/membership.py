@@ -28,13 +28,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_service.engine.valueset_compose import (
+from fhir_service.engine.terminology.valueset_compose import (
     DOTLESS_SYSTEMS,
     ICD10CM,
     code_key,
     expansion_problems,
 )
-from fhir_service.engine.valueset_compose import unsupported_compose as _unsupported
+from fhir_service.engine.terminology.valueset_compose import unsupported_compose as _unsupported
 
 INGREDIENT_NAME_URL = "http://example.org/fhir/muscle-spasm/StructureDefinition/ingredient-name"
 PREFIX_HIERARCHY_SYSTEMS = DOTLESS_SYSTEMS  # kept for importers; ICD-10 codes match dotless
