@@ -1,5 +1,6 @@
 """``ActivityDefinition/$apply`` building blocks: the request of each kind, dynamicValues, and
-the value conversions they rely on (clinical-reasoning.md §1.5; contract: draft/proposal)."""
+the value conversions they rely on
+(https://hl7.org/fhir/R4/activitydefinition-operation-apply.html; draft/proposal)."""
 
 from __future__ import annotations
 

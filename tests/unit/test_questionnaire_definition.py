@@ -1,4 +1,4 @@
-"""The assessment Questionnaire and its answer CodeSystem (clinical-rules.md §4)."""
+"""The assessment Questionnaire and its answer CodeSystem (docs/guideline.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ BASE = "http://example.org/fhir/muscle-spasm"
 LOCAL = f"{BASE}/CodeSystem/muscle-spasm-assessment"
 SCT = "http://snomed.info/sct"
 
-#: clinical-rules.md §4: linkId → (group, type, repeats, answer codes)
+#: docs/guideline.md: linkId → (group, type, repeats, answer codes)
 TABLE: dict[str, tuple[str | None, str, bool, tuple[str, ...]]] = {
     "pattern": (None, "group", False, ()),
     "onset-context": ("pattern", "choice", False, ("exercise", "at-rest", "both", "unknown")),
