@@ -29,7 +29,7 @@ from fhir_service.api.body import json_depth
 from fhir_service.api.cds_hooks import _remember
 from fhir_service.cds.invoke import build_call_data, evaluate_service, parse_hook_call
 from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
-from fhir_service.engine.evaluation import CallInput
+from fhir_service.engine.apply.evaluation import CallInput
 from fhir_service.errors import IssueLog
 from fhir_service.runtime import Runtime, build_runtime
 from fhir_service.settings import Settings

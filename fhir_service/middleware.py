@@ -2,7 +2,8 @@
 OperationOutcome with a correlation id and no trace, and a PHI-free access log.
 
 Starlette answers unhandled errors from ``ServerErrorMiddleware``, outside any user middleware,
-so its 500s would carry no CORS header (cds-hooks.md §0 item 9): ``CatchAllMiddleware`` sits
+so its 500s would carry no CORS header
+(https://cds-hooks.hl7.org/2.0/#cross-origin-resource-sharing): ``CatchAllMiddleware`` sits
 inside ``CorsMiddleware`` and turns every unhandled exception into our own 500.
 """
 

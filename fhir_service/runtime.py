@@ -17,7 +17,7 @@ from fhir_service.cds.smart_link import assessment_questionnaires
 from fhir_service.clients import FhirFetcher
 from fhir_service.clients.fhir_client import FhirClient
 from fhir_service.clock import Clock, IdFactory, fixed_clock, system_clock, uuid4_factory
-from fhir_service.engine.plan_definition import PlanEngine
+from fhir_service.engine.apply.plan_definition import PlanEngine
 from fhir_service.knowledge.loader import load_definitions
 from fhir_service.knowledge.repository import KnowledgeBase
 from fhir_service.knowledge.services import CdsService, build_services

@@ -37,8 +37,8 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from fhir_service.api.parameters import named, one, require_parameters, subject_reference, value_of
 from fhir_service.api.responses import FhirResponse
 from fhir_service.deps import JsonBodyDep, RuntimeDep
-from fhir_service.engine.data import flatten
-from fhir_service.engine.questionnaire_response import parse_response
+from fhir_service.engine.data.dataset import flatten
+from fhir_service.engine.sdc.questionnaire_response import parse_response
 from fhir_service.errors import InvalidRequest, NotFound
 from fhir_service.operations.extract import ExtractRequest, extract_questionnaire_response
 from fhir_service.operations.populate import PopulateRequest, populate_questionnaire

@@ -2,7 +2,8 @@
 
 GET takes the operation's parameters from the query string; POST from a ``Parameters`` body
 (``coding`` and ``codeableConcept`` only there). Bad input is a 400 OperationOutcome, an
-unknown value set a 404. The operations themselves are in ``knowledge/valueset_operations.py``.
+unknown value set a 404. The operations themselves are in ``operations/valueset.py``; the body
+is read within the limits by ``deps.JsonBodyDep``, after the ``_format`` check, as elsewhere.
 
 Spec: https://hl7.org/fhir/R4/valueset-operation-expand.html,
 https://hl7.org/fhir/R4/valueset-operation-validate-code.html, https://hl7.org/fhir/R4/operations.html.
@@ -11,17 +12,16 @@ https://hl7.org/fhir/R4/valueset-operation-validate-code.html, https://hl7.org/f
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from fhir_service.api.body import read_json
 from fhir_service.api.fhir_rest import check_format
 from fhir_service.api.parameters import one, require_parameters
 from fhir_service.api.responses import FhirResponse
-from fhir_service.deps import RuntimeDep
+from fhir_service.deps import JsonBodyDep, RuntimeDep
 from fhir_service.errors import InvalidRequest
-from fhir_service.knowledge.valueset_operations import (
+from fhir_service.operations.valueset import (
     CodingInput,
     ExpandInput,
     ValidateCodeInput,
@@ -32,6 +32,9 @@ from fhir_service.knowledge.valueset_operations import (
 from fhir_service.runtime import Runtime
 
 router = APIRouter(prefix="/fhir", tags=["Terminology"])
+
+#: ``_format``/``Accept`` checked first, before the body is read (declared before ``JsonBodyDep``).
+FormatDep = Annotated[None, Depends(check_format)]
 
 #: Parameter name → the ``value[x]`` it must carry in a POSTed Parameters.
 VALUE_TYPES = {
@@ -116,8 +119,7 @@ def _posted_values(body: Any) -> dict[str, Any]:
     return values
 
 
-async def _read(request: Request, runtime: Runtime) -> _Inputs:
-    check_format(request)
+def _read(request: Request, body: Any) -> _Inputs:
     if request.method == "GET":
         query = request.query_params
         for name in UNSUPPORTED:
@@ -132,10 +134,6 @@ async def _read(request: Request, runtime: Runtime) -> _Inputs:
             if len(query.getlist(name)) > 1:
                 raise InvalidRequest(f"parameter {name!r} may appear only once", expression=[name])
         return _Inputs({k: v for k, v in query.items() if k in VALUE_TYPES})
-    settings = runtime.settings
-    body = await read_json(
-        request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
-    )
     return _Inputs(_posted_values(body))
 
 
@@ -175,8 +173,8 @@ def _codings(inputs: _Inputs) -> tuple[CodingInput, ...]:
     return tuple(_coding(c, f"codeableConcept.coding[{i}]") for i, c in enumerate(codings))
 
 
-async def _expand(request: Request, runtime: Runtime, rid: str | None) -> FhirResponse:
-    inputs = await _read(request, runtime)
+def _expand(request: Request, runtime: Runtime, body: Any, rid: str | None) -> FhirResponse:
+    inputs = _read(request, body)
     call = ExpandInput(
         value_set=inputs.value_set(rid),
         count=inputs.integer("count"),
@@ -188,35 +186,43 @@ async def _expand(request: Request, runtime: Runtime, rid: str | None) -> FhirRe
     return FhirResponse(expand(runtime.knowledge, call, now))
 
 
-async def _validate(request: Request, runtime: Runtime, rid: str | None) -> FhirResponse:
-    inputs = await _read(request, runtime)
+def _validate(request: Request, runtime: Runtime, body: Any, rid: str | None) -> FhirResponse:
+    inputs = _read(request, body)
     call = ValidateCodeInput(value_set=inputs.value_set(rid), codings=_codings(inputs))
     return FhirResponse(validate_code(runtime.knowledge, call))
 
 
 @router.get("/ValueSet/$expand", response_class=FhirResponse)
 @router.post("/ValueSet/$expand", response_class=FhirResponse)
-async def expand_by_url(request: Request, runtime: RuntimeDep) -> FhirResponse:
+async def expand_by_url(
+    request: Request, runtime: RuntimeDep, _format: FormatDep, body: JsonBodyDep
+) -> FhirResponse:
     """Type-level ``$expand`` of the ValueSet whose canonical is ``url``."""
-    return await _expand(request, runtime, None)
+    return _expand(request, runtime, body, None)
 
 
 @router.get("/ValueSet/{rid}/$expand", response_class=FhirResponse)
 @router.post("/ValueSet/{rid}/$expand", response_class=FhirResponse)
-async def expand_by_id(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
+async def expand_by_id(
+    rid: str, request: Request, runtime: RuntimeDep, _format: FormatDep, body: JsonBodyDep
+) -> FhirResponse:
     """Instance-level ``$expand``: every member code with system, code and display."""
-    return await _expand(request, runtime, rid)
+    return _expand(request, runtime, body, rid)
 
 
 @router.get("/ValueSet/$validate-code", response_class=FhirResponse)
 @router.post("/ValueSet/$validate-code", response_class=FhirResponse)
-async def validate_code_by_url(request: Request, runtime: RuntimeDep) -> FhirResponse:
+async def validate_code_by_url(
+    request: Request, runtime: RuntimeDep, _format: FormatDep, body: JsonBodyDep
+) -> FhirResponse:
     """Type-level ``$validate-code`` against the ValueSet whose canonical is ``url``."""
-    return await _validate(request, runtime, None)
+    return _validate(request, runtime, body, None)
 
 
 @router.get("/ValueSet/{rid}/$validate-code", response_class=FhirResponse)
 @router.post("/ValueSet/{rid}/$validate-code", response_class=FhirResponse)
-async def validate_code_by_id(rid: str, request: Request, runtime: RuntimeDep) -> FhirResponse:
+async def validate_code_by_id(
+    rid: str, request: Request, runtime: RuntimeDep, _format: FormatDep, body: JsonBodyDep
+) -> FhirResponse:
     """Instance-level ``$validate-code``: ``result`` and, for a member, its display."""
-    return await _validate(request, runtime, rid)
+    return _validate(request, runtime, body, rid)

@@ -1,6 +1,7 @@
 """RequestGroup → CDS Hooks cards: a pure, total mapping that knows no rule.
 
-Mapping (CDS on FHIR, cds-hooks.md §5 and §1.7, with HAPI's two bugs as the warning):
+Mapping (CDS on FHIR, https://cds-hooks.hl7.org/2.0/#cds-service-response and
+https://build.fhir.org/clinicalreasoning-cds-on-fhir.html, with HAPI's two bugs as the warning):
 
 * each top-level RequestGroup action → one card: ``title`` → ``summary`` (cut to 139
   characters), ``description`` → ``detail``, ``priority`` → ``indicator`` (routine → info,

@@ -30,15 +30,15 @@ from fhir_service.canonical import CANONICAL_BASE
 from fhir_service.cds.cards import CardContext, build_cards, sort_cards
 from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
 from fhir_service.cds.smart_link import add_smart_links
-from fhir_service.engine.data import (
+from fhir_service.engine.apply.evaluation import CallInput
+from fhir_service.engine.data.dataset import (
     DataSet,
     build_data_set,
     bundle_problem,
     flatten,
     reference_of,
 )
-from fhir_service.engine.evaluation import CallInput
-from fhir_service.engine.patient_data import check_resource_count
+from fhir_service.engine.data.patient_data import check_resource_count
 from fhir_service.errors import InvalidRequest, IssueLog
 from fhir_service.knowledge.services import CdsService
 from fhir_service.observability import tracing

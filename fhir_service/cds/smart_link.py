@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fhir_service.engine.expressions import iter_expressions, variables_of
+from fhir_service.engine.fhirpath.expressions import iter_expressions, variables_of
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.knowledge.repository import KnowledgeBase
 from fhir_service.knowledge.services import _Reads

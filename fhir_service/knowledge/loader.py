@@ -36,17 +36,17 @@ from typing import Any
 
 from fhir_service import fhir
 from fhir_service.canonical import CANONICAL_BASE, EXT_BASE
-from fhir_service.engine.expressions import (
+from fhir_service.engine.apply.values import is_simple_path
+from fhir_service.engine.fhirpath import FhirPathCompiler
+from fhir_service.engine.fhirpath.expressions import (
     ENGINE_VARIABLES,
     FHIRPATH,
     VARIABLE_EXT,
     iter_expressions,
     variables_of,
 )
-from fhir_service.engine.fhirpath import FhirPathCompiler
-from fhir_service.engine.questionnaire_populate import compile_questionnaire
-from fhir_service.engine.terminology import Terminology, unsupported_compose
-from fhir_service.engine.values import is_simple_path
+from fhir_service.engine.sdc.questionnaire_populate import compile_questionnaire
+from fhir_service.engine.terminology.membership import Terminology, unsupported_compose
 from fhir_service.knowledge.valueset_validation import share_repeated_values, validate_value_set
 
 KNOWLEDGE_TYPES = (

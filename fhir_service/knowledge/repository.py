@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_service.engine.fhirpath import FhirPathCompiler
-from fhir_service.engine.questionnaire_populate import CompiledQuestionnaire, compile_questionnaire
-from fhir_service.engine.terminology import Terminology
+from fhir_service.engine.sdc.questionnaire_populate import (
+    CompiledQuestionnaire,
+    compile_questionnaire,
+)
+from fhir_service.engine.terminology.membership import Terminology
 from fhir_service.knowledge.loader import KNOWLEDGE_TYPES, Artifact
 
 STRING_PARAMS = frozenset({"name", "title"})

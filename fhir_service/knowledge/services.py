@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_service import fhir
-from fhir_service.engine.expressions import iter_expressions, variables_of
+from fhir_service.engine.apply.plan_definition import hooks_of, plan_hooks
 from fhir_service.engine.fhirpath import FhirPathCompiler
-from fhir_service.engine.plan_definition import hooks_of, plan_hooks
+from fhir_service.engine.fhirpath.expressions import iter_expressions, variables_of
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.knowledge.repository import KnowledgeBase
 

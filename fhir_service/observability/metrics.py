@@ -11,7 +11,7 @@ What is counted (docs/observability.md lists every series):
 * feedback outcomes and override reasons per service and rule;
 * the knowledge version loaded, and the requests each worker process served.
 
-Label hygiene (reliability-security-performance.md §6.3 H1): every label value comes from a
+Label hygiene (docs/observability.md): every label value comes from a
 closed set — route templates of the app, service and rule ids of the knowledge base, status
 codes, indicators, feedback outcomes, override reason codes defined by the knowledge base's own
 CodeSystems (any other reason is ``other``) — or is a FHIR resource type matched against a

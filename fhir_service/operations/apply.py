@@ -10,7 +10,7 @@ Steps:
 1. check the ``parameters`` overrides against the Library ``in`` parameters (400);
 2. find the definition: by id, else by ``url`` (and ``version``) (404);
 3. in a worker thread: check the ``data`` Bundles (size, R4 validity: 413/400), index the
-   patient's data (``engine.data``; resources about another patient left out), apply;
+   patient's data (``engine.data.dataset``; resources about another patient left out), apply;
 4. answer a CarePlan with a contained RequestGroup, or the ActivityDefinition's request
    resource (issues in a contained OperationOutcome named by ``cqf-messages``).
 """
@@ -23,11 +23,11 @@ from typing import Any
 
 import anyio.to_thread
 
-from fhir_service.engine.activity_definition import apply_activity, has_element
-from fhir_service.engine.care_plan import CQF_MESSAGES, care_plan
-from fhir_service.engine.data import NON_R4_TYPES, build_data_set
-from fhir_service.engine.evaluation import CallInput, check_parameter_value, parameter_value
-from fhir_service.engine.patient_data import check_resource_count, patient_id_of
+from fhir_service.engine.apply.activity_definition import apply_activity, has_element
+from fhir_service.engine.apply.care_plan import CQF_MESSAGES, care_plan
+from fhir_service.engine.apply.evaluation import CallInput, check_parameter_value, parameter_value
+from fhir_service.engine.data.dataset import NON_R4_TYPES, build_data_set
+from fhir_service.engine.data.patient_data import check_resource_count, patient_id_of
 from fhir_service.errors import InvalidRequest, IssueLog, NotFound, operation_outcome
 from fhir_service.fhir import validate_resource
 from fhir_service.knowledge.loader import Artifact

@@ -3,7 +3,7 @@
 
 Steps: find the Questionnaire the response answers (any version of its url counts; one this
 service does not hold → 422) and check that the response fits it; in a worker thread, validate
-the answers (SDC validation; errors → 422) and extract (``engine.questionnaire_extract``;
+the answers (SDC validation; errors → 422) and extract (``engine.sdc.questionnaire_extract``;
 resources that cannot be extracted validly → 422). The answer is the bare transaction Bundle
 (not executed).
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio.to_thread
 
-from fhir_service.engine.questionnaire_extract import extract_with_issues
-from fhir_service.engine.questionnaire_response import require_questionnaire, validate_response
+from fhir_service.engine.sdc.questionnaire_extract import extract_with_issues
+from fhir_service.engine.sdc.questionnaire_response import require_questionnaire, validate_response
 from fhir_service.errors import BusinessRuleError, Issue
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.runtime import Runtime

@@ -4,7 +4,7 @@
 Steps: check the size of the patient data (413); find the Questionnaire: the instance, a
 ``Questionnaire/id`` or canonical reference, or a canonical ``url|version`` (400 when none is
 given, 404 when unknown); populate it in a worker thread with the Questionnaire compiled once at
-load (``engine.questionnaire_populate``; resources about another patient are ignored and
+load (``engine.sdc.questionnaire_populate``; resources about another patient are ignored and
 reported). The answer is ``Parameters`` {``response``, ``issues`` when there are any}.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio.to_thread
 
-from fhir_service.engine.patient_data import check_resource_count
-from fhir_service.engine.questionnaire_populate import populate
+from fhir_service.engine.data.patient_data import check_resource_count
+from fhir_service.engine.sdc.questionnaire_populate import populate
 from fhir_service.errors import InvalidRequest, NotFound, operation_outcome
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.runtime import Runtime

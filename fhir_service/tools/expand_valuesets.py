@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from fhir_service.engine.valueset_compose import (
+from fhir_service.engine.terminology.valueset_compose import (
     ENUMERATED_PARENT_URL,
     ICD10CM,
     code_key,

@@ -22,8 +22,8 @@ from fhir_service.cds.invoke import (
     parse_hook_call,
     triggering_drafts,
 )
-from fhir_service.engine.evaluation import CallInput
-from fhir_service.engine.values import to_json
+from fhir_service.engine.apply.evaluation import CallInput
+from fhir_service.engine.apply.values import to_json
 from fhir_service.errors import IssueLog
 from fhir_service.runtime import build_runtime
 from fhir_service.settings import Settings

@@ -18,7 +18,7 @@ import warnings
 from functools import cache
 from types import ModuleType
 
-from fhir_service.engine.valueset_compose import ICD10CM, ICD10CM_CODE_RE
+from fhir_service.engine.terminology.valueset_compose import ICD10CM, ICD10CM_CODE_RE
 
 __all__ = ["ICD10CM", "Icd10Cm", "icd10cm"]
 

@@ -1,4 +1,4 @@
-"""Service calls (``POST /cds-services/{id}``): contract "Request errors", cds-hooks.md §1.3,
+"""Service calls (``POST /cds-services/{id}``): contract "Request errors", https://cds-hooks.hl7.org/2.0/#calling-a-cds-service,
 §1.6 and §2 (the sandbox's request shapes).
 
 Every error is an OperationOutcome with the contract's status; nothing a client sends yields a

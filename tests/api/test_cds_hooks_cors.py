@@ -1,5 +1,6 @@
 """CORS on every ``/cds-services*`` answer and the last-resort 500: contract "CORS",
-cds-hooks.md §0 item 9 and §1.9 (preflights without auth; errors carry CORS headers too).
+https://cds-hooks.hl7.org/2.0/#cross-origin-resource-sharing and #trusting-cds-clients
+(preflights without auth; errors carry CORS headers too).
 """
 
 from __future__ import annotations

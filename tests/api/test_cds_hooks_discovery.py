@@ -1,4 +1,5 @@
-"""Discovery (``GET /cds-services``): contract "HTTP surface" and cds-hooks.md §1.2, §1.4, §6.3.
+"""Discovery (``GET /cds-services``): contract "HTTP surface" and
+https://cds-hooks.hl7.org/2.0/#discovery and #prefetch-template.
 
 The prefetch checker parses every template: STU2 tokens valid for the service's hook only, and
 the STU2 query subset (a MUST here): instance reads, and type-level searches with a

@@ -1,5 +1,5 @@
 """Feedback (``POST /cds-services/{id}/feedback``) and analytics: contract "Feedback",
-cds-hooks.md §1.8 (cds-fb-1..3) and §2 (the sandbox's feedback shapes).
+https://cds-hooks.hl7.org/2.0/#feedback (and the sandbox's feedback shapes).
 
 The round trip goes through the real app: a call issues an RF-01 card, its uuid comes back as
 feedback, and ``GET /cds-services/{id}/analytics`` counts it per rule.

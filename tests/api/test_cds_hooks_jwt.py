@@ -1,5 +1,5 @@
 """Client JWTs through the real app (``FHIR_SERVICE_AUTH=jwt``): contract "Trusted issuers",
-"Public base URL", "Auth"; cds-hooks.md §0 items 6-8 and §1.9.
+"Public base URL", "Auth"; https://cds-hooks.hl7.org/2.0/#trusting-cds-clients.
 
 Tokens are minted here with fresh EC/RSA keys; ``iat``/``exp`` come from the wall clock while the
 app's rule clock is pinned far in the past (``FHIR_SERVICE_NOW`` never drives JWT time checks).

@@ -1,4 +1,4 @@
-"""Prefetch through the real app: contract "Prefetch", cds-hooks.md §0 items 1-3, §1.4, §6.2.
+"""Prefetch through the real app: contract "Prefetch", https://cds-hooks.hl7.org/2.0/#providing-fhir-resources-to-a-cds-service.
 
 The EHR's FHIR server is an ``httpx.MockTransport`` (:class:`Ehr`) that records every request,
 so each test asserts both the answer and exactly what was (not) fetched. RF-01 (a spasm
@@ -146,7 +146,7 @@ def test_absent_key_is_fetched_at_the_template_url(tmp_path: Path, with_token: b
 
 
 def test_no_prefetch_at_all_fetches_every_needed_template(tmp_path: Path) -> None:
-    """The sandbox omits ``prefetch`` entirely when every fetch failed (cds-hooks.md §0 item 3)."""
+    """The sandbox omits ``prefetch`` entirely when every fetch failed (https://cds-hooks.hl7.org/2.0/#prefetch-template)."""
     data = rf01_data()
     ehr = ehr_serving(data)
     body = hook_request(SERVICE, fhirServer=EHR, fhirAuthorization=AUTH)

@@ -5,7 +5,7 @@
 * :class:`Ehr` is the client's FHIR server behind an ``httpx.MockTransport``, recording every
   request (URL and headers) so that tests can assert what was (not) fetched;
 * request builders for the four hooks, the RF-01 patient record, and assertion helpers for
-  OperationOutcomes and for the "no empty values" rule (cds-hooks.md §0 item 10).
+  OperationOutcomes and for the "no empty values" rule (https://cds-hooks.hl7.org/2.0/#cds-service-response).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ``PlanDefinition/$apply``, ``ActivityDefinition/$apply``, ``$populate`` and ``$extract``.
 
 Each test sends the same data twice, once about the call's patient and once about another one,
-so that it shows the data would have mattered (``engine/patient_data.py`` decides for all).
+so that it shows the data would have mattered (``engine/data/patient_data.py`` decides for all).
 """
 
 from __future__ import annotations

@@ -33,15 +33,15 @@ from typing import Any
 import pytest
 import yaml
 
-from fhir_service.engine.data import build_data_set
+from fhir_service.engine.apply.values import to_json
+from fhir_service.engine.data.dataset import build_data_set
 from fhir_service.engine.fhirpath import (
     EvaluationSession,
     FhirPathCompiler,
     fhir_date,
     fhir_datetime,
 )
-from fhir_service.engine.terminology import Terminology
-from fhir_service.engine.values import to_json
+from fhir_service.engine.terminology.membership import Terminology
 
 HERE = Path(__file__).resolve().parent
 MINI = HERE.parent / "fixtures" / "definitions-mini"

@@ -32,9 +32,8 @@ BEFORE = pristine.snapshot()  # before anything of the service is imported
 
 import yaml  # noqa: E402
 
-from fhir_service.engine.data import build_data_set, flatten  # noqa: E402
-from fhir_service.engine.evaluation import CallInput, Scope  # noqa: E402
-from fhir_service.engine.expressions import FHIRPATH  # noqa: E402
+from fhir_service.engine.apply.evaluation import CallInput, Scope  # noqa: E402
+from fhir_service.engine.data.dataset import build_data_set, flatten  # noqa: E402
 from fhir_service.engine.fhirpath import (  # noqa: E402
     CompiledExpression,
     EvaluationSession,
@@ -42,7 +41,8 @@ from fhir_service.engine.fhirpath import (  # noqa: E402
     fhir_date,
     fhir_datetime,
 )
-from fhir_service.engine.terminology import Terminology  # noqa: E402
+from fhir_service.engine.fhirpath.expressions import FHIRPATH  # noqa: E402
+from fhir_service.engine.terminology.membership import Terminology  # noqa: E402
 from fhir_service.errors import IssueLog  # noqa: E402
 from fhir_service.runtime import build_runtime  # noqa: E402
 from fhir_service.settings import Settings  # noqa: E402

@@ -13,8 +13,8 @@ from typing import Any
 
 import fhirpathpy
 
+from fhir_service.engine.apply.values import to_json
 from fhir_service.engine.fhirpath import R4_MODEL, REIMPLEMENTED, FhirPathCompiler
-from fhir_service.engine.values import to_json
 
 
 class PlainArm:

@@ -25,9 +25,9 @@ import yaml
 from fhirpathpy.engine import base_invocation_registry
 from fhirpathpy.models import models
 
+from fhir_service.engine.apply.values import to_json
 from fhir_service.engine.fhirpath import _visit, parse_strict
 from fhir_service.engine.fhirpath.closures import ClosureCompiler
-from fhir_service.engine.values import to_json
 
 _COMPILERS: dict[str | None, ClosureCompiler] = {}
 

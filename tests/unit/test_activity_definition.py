@@ -1,5 +1,6 @@
 """``ActivityDefinition/$apply`` building blocks: the request of each kind, dynamicValues, and
-the value conversions they rely on (clinical-reasoning.md §1.5; contract: draft/proposal)."""
+the value conversions they rely on
+(https://hl7.org/fhir/R4/activitydefinition-operation-apply.html; draft/proposal)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,21 @@ from typing import Any
 import pytest
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity
 
-from fhir_service.engine.activity_definition import (
+from fhir_service.engine.apply.activity_definition import (
     apply_activity,
     apply_dynamic_values,
     elements_of,
     has_element,
 )
-from fhir_service.engine.data import build_data_set
-from fhir_service.engine.evaluation import (
+from fhir_service.engine.apply.evaluation import (
     CallInput,
     Scope,
     check_parameter_value,
     parameter_value,
 )
+from fhir_service.engine.apply.values import is_simple_path, result_value, set_path, to_json
+from fhir_service.engine.data.dataset import build_data_set
 from fhir_service.engine.fhirpath import FhirPathCompiler
-from fhir_service.engine.values import is_simple_path, result_value, set_path, to_json
 from fhir_service.errors import IssueLog
 from fhir_service.fhir import validate_resource
 from tests.conftest import DEFAULT_NOW

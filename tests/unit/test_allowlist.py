@@ -1,4 +1,4 @@
-"""Allowlist: contract.md "Allowlist"; reliability-security-performance.md §2.3 and §6.3 X1-X12."""
+"""Allowlist: README "Settings" (outbound allowlist, SSRF guard)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """RequestGroup → CDS Hooks cards (``fhir_service/cds/cards.py``), on hand-built RequestGroups.
 
-Checks cds-hooks.md §1.7 (card model), §0 item 10 (no empty values, uuids everywhere), the
-selectionBehavior trap of §0 and the contract's "Every card and every suggestion has a uuid;
+Checks https://cds-hooks.hl7.org/2.0/#card-attributes (card model; no empty values, uuids
+everywhere), the selectionBehavior trap and the contract's
+"Every card and every suggestion has a uuid;
 selectionBehavior is present exactly when suggestions is".
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fhir_service.engine.data import about_other_patient, build_data_set
+from fhir_service.engine.data.dataset import about_other_patient, build_data_set
 
 
 @pytest.mark.parametrize(

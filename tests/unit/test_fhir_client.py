@@ -1,4 +1,4 @@
-"""FhirClient: cds-hooks.md §1.4-§1.5; reliability-security-performance.md §2.2-§2.3, §6.2 R3-R9."""
+"""FhirClient: https://cds-hooks.hl7.org/2.0/#fhir-resource-access; README "Settings"."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from fhirpathpy.parser import parse as fhirpathpy_parse
 
 import fhir_service.engine.fhirpath as fhirpath_module
+from fhir_service.engine.apply.values import to_json
 from fhir_service.engine.fhirpath import (
     EvaluationSession,
     FhirPathCompiler,
@@ -23,7 +24,6 @@ from fhir_service.engine.fhirpath import (
     clinical_date,
     parse_strict,
 )
-from fhir_service.engine.values import to_json
 from tests.conftest import DEFAULT_NOW, make_app
 
 NOW = DEFAULT_NOW
@@ -156,8 +156,8 @@ def test_each_evaluation_reads_its_own_session() -> None:
 
 def test_now_and_percent_now_are_one_clock() -> None:
     """FHIRPath ``now()`` and the engine's ``%now`` read the call's one instant."""
-    from fhir_service.engine.data import DataSet
-    from fhir_service.engine.evaluation import CallInput, Scope
+    from fhir_service.engine.apply.evaluation import CallInput, Scope
+    from fhir_service.engine.data.dataset import DataSet
     from fhir_service.errors import IssueLog
 
     call = CallInput(DataSet(), datetime(2024, 2, 29, 8, 30, tzinfo=UTC))
@@ -367,7 +367,7 @@ def test_serving_calls_compiles_nothing_after_start_up(
 
 
 def test_every_expression_of_the_knowledge_is_compiled_at_start_up(served: TestClient) -> None:
-    from fhir_service.engine.expressions import iter_expressions
+    from fhir_service.engine.fhirpath.expressions import iter_expressions
 
     runtime = served.app.state.runtime  # type: ignore[attr-defined]
     compiler: FhirPathCompiler = runtime.engine.compiler

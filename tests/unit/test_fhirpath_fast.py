@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from fhir_service.engine.data import build_data_set
+from fhir_service.engine.apply.values import to_json
+from fhir_service.engine.data.dataset import build_data_set
 from fhir_service.engine.fhirpath import (
     EvaluationSession,
     FhirPathCompiler,
@@ -25,8 +26,7 @@ from fhir_service.engine.fhirpath import (
     fhir_datetime,
 )
 from fhir_service.engine.fhirpath.closures import ClosureCompiler
-from fhir_service.engine.terminology import Terminology
-from fhir_service.engine.values import to_json
+from fhir_service.engine.terminology.membership import Terminology
 from tests.conftest import DEFAULT_NOW
 from tests.fhirpath.plain import PlainArm
 

@@ -1,4 +1,4 @@
-"""JwtVerifier: cds-hooks.md §1.9; contract.md "Trusted issuers"/"Auth"; RSP §2.1, §6.3 S1-S20."""
+"""JwtVerifier: https://cds-hooks.hl7.org/2.0/#trusting-cds-clients; README "Settings"."""
 
 from __future__ import annotations
 

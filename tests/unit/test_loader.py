@@ -261,7 +261,7 @@ def test_compiler_rejects_what_fhirpathpy_would_accept() -> None:
 
 
 def test_latest_version_wins_by_canonical() -> None:
-    from fhir_service.engine.terminology import Terminology
+    from fhir_service.engine.terminology.membership import Terminology
     from fhir_service.knowledge.repository import KnowledgeBase, version_key
 
     url = "http://example.org/fhir/muscle-spasm/PlanDefinition/x"

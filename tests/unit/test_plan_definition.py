@@ -1,11 +1,11 @@
 """The PlanDefinition engine on the tiny ``tests/fixtures/definitions-mini`` knowledge base,
 and the data set it evaluates over.
 
-Engine behaviour under test (docs/authoring.md, clinical-reasoning.md §1.3): library variables
-are computed at most once per call and only when read; a condition that errors or is not a
-boolean skips its action with an issue; dynamicValues template ``action.*``; definitionCanonical
-builds requests and nested RequestGroups; update/remove name a draft order via the
-``action-target`` extension. Nothing in the engine knows a rule.
+Engine behaviour under test (docs/authoring.md, https://hl7.org/fhir/R4/plandefinition.html):
+library variables are computed at most once per call and only when read; a condition that errors or
+is not a boolean skips its action with an issue; dynamicValues template ``action.*``;
+definitionCanonical builds requests and nested RequestGroups; update/remove name a draft order via
+the ``action-target`` extension. Nothing in the engine knows a rule.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from fhir_service.engine.data import build_data_set, flatten
-from fhir_service.engine.evaluation import CallInput, Scope, VariableDef
-from fhir_service.engine.plan_definition import ApplyResult, PlanEngine, action_type, hooks_of
+from fhir_service.engine.apply.evaluation import CallInput, Scope, VariableDef
+from fhir_service.engine.apply.plan_definition import ApplyResult, PlanEngine, action_type, hooks_of
+from fhir_service.engine.data.dataset import build_data_set, flatten
 from fhir_service.errors import IssueLog
 from fhir_service.knowledge.loader import load_definitions
 from fhir_service.knowledge.repository import KnowledgeBase

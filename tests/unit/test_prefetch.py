@@ -1,4 +1,5 @@
-"""Prefetch completion (``fhir_service/cds/prefetch.py``): cds-hooks.md §1.4, contract "Prefetch".
+"""Prefetch completion (``fhir_service/cds/prefetch.py``): contract "Prefetch",
+https://cds-hooks.hl7.org/2.0/#prefetch-template.
 
 A fake :class:`Fetcher` records every call, so each test states what is fetched and what is not.
 """

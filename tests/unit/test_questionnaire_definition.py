@@ -1,4 +1,4 @@
-"""The assessment Questionnaire and its answer CodeSystem (clinical-rules.md §4)."""
+"""The assessment Questionnaire and its answer CodeSystem (docs/guideline.md)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fhir_service.engine.fhirpath import FhirPathCompiler
-from fhir_service.engine.questionnaire_populate import compile_questionnaire
-from fhir_service.engine.questionnaire_response import index_questionnaire
+from fhir_service.engine.sdc.questionnaire_populate import compile_questionnaire
+from fhir_service.engine.sdc.questionnaire_response import index_questionnaire
 from fhir_service.fhir import validate_resource
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "definitions"
@@ -18,7 +18,7 @@ BASE = "http://example.org/fhir/muscle-spasm"
 LOCAL = f"{BASE}/CodeSystem/muscle-spasm-assessment"
 SCT = "http://snomed.info/sct"
 
-#: clinical-rules.md §4: linkId → (group, type, repeats, answer codes)
+#: docs/guideline.md: linkId → (group, type, repeats, answer codes)
 TABLE: dict[str, tuple[str | None, str, bool, tuple[str, ...]]] = {
     "pattern": (None, "group", False, ()),
     "onset-context": ("pattern", "choice", False, ("exercise", "at-rest", "both", "unknown")),

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fhir_service.engine.questionnaire_extract import extract, extract_with_issues
+from fhir_service.engine.sdc.questionnaire_extract import extract, extract_with_issues
 from fhir_service.fhir import validate_resource
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "definitions"

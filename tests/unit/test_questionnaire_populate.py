@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
+from fhir_service.engine.data.patient_data import to_json
 from fhir_service.engine.fhirpath import FhirPathCompiler, fhir_date, quantity
-from fhir_service.engine.patient_data import to_json
-from fhir_service.engine.questionnaire_populate import (
+from fhir_service.engine.sdc.questionnaire_populate import (
     compile_questionnaire,
     fhir_instant,
     populate,
     to_answer,
 )
-from fhir_service.engine.questionnaire_response import find_answers
+from fhir_service.engine.sdc.questionnaire_response import find_answers
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "definitions"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fhir_service.engine.questionnaire_response import (
+from fhir_service.engine.sdc.questionnaire_response import (
     Enablement,
     answers_by_link_id,
     condition_met,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fhir_service.engine.data import build_data_set
-from fhir_service.engine.evaluation import CallInput, Scope
+from fhir_service.engine.apply.evaluation import CallInput, Scope
+from fhir_service.engine.data.dataset import build_data_set
 from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.errors import IssueLog
 

@@ -29,7 +29,7 @@ SERVICE = "muscle-spasm-order-sign"
 OTHER_SERVICE = "muscle-spasm-patient-view"
 ISSUED_AT = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 RECEIVED_AT = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
-STORE_LOGGER = "fhir_service.store.sql"
+STORE_LOGGER = "fhir_service.store"  # every store module logs under it
 
 MakeStore = Callable[..., SqlStore]
 

@@ -1,4 +1,4 @@
-"""Value-set membership without a terminology server (``engine/terminology.py``).
+"""Value-set membership without a terminology server (``engine/terminology/membership.py``).
 
 Rules: the stored expansion is the membership (compose concepts when there is none); ICD-10
 codes match with or without the dot and in any case; excluded concepts are out; a
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fhir_service.engine.terminology import (
+from fhir_service.engine.terminology.membership import (
     ICD10CM,
     INGREDIENT_NAME_URL,
     Terminology,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fhir_service.engine.valueset_compose import ICD10CM
+from fhir_service.engine.terminology.valueset_compose import ICD10CM
 from fhir_service.tools.expand_valuesets import (
     ExpansionError,
     compute_expansion,

@@ -61,7 +61,7 @@ from fhir_service.engine.fhirpath.closures import (
     Navigation,
     set_base_entries,
 )
-from fhir_service.engine.terminology import Terminology
+from fhir_service.engine.terminology.membership import Terminology
 
 log = logging.getLogger(__name__)
 set_base_entries(base_invocation_registry)

@@ -15,9 +15,9 @@ index. Membership rules (docs/terminology.md "Expansions", README "Writing rules
   disagrees with its compose) is refused when the knowledge is loaded (``valueset_compose``);
 * a CodeableConcept is a member when one of its codings is, or, failing that, when its ``text``
   or a coding ``display`` contains one of the ValueSet's ``ingredient-name`` extension values
-  (case-insensitive) — the medication-name fallback of clinical-rules.md §1.1 (3).
+  (case-insensitive) — the medication-name fallback of docs/terminology.md.
 
-Spec: https://hl7.org/fhir/R4/valueset.html, clinical-rules.md §1.1 "Medication matching".
+Spec: https://hl7.org/fhir/R4/valueset.html; docs/guideline.md and docs/terminology.md.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_service.engine.valueset_compose import (
+from fhir_service.engine.terminology.valueset_compose import (
     DOTLESS_SYSTEMS,
     ICD10CM,
     code_key,
     expansion_problems,
 )
-from fhir_service.engine.valueset_compose import unsupported_compose as _unsupported
+from fhir_service.engine.terminology.valueset_compose import unsupported_compose as _unsupported
 
 INGREDIENT_NAME_URL = "http://example.org/fhir/muscle-spasm/StructureDefinition/ingredient-name"
 PREFIX_HIERARCHY_SYSTEMS = DOTLESS_SYSTEMS  # kept for importers; ICD-10 codes match dotless

@@ -4,7 +4,7 @@ Sources are lenient JSON (prefetch values, ``$apply`` ``data`` Bundles, hook con
 flattened, resources are de-duplicated by ``Type/id``, and contained resources are reachable by
 ``#id`` from ``resolve()``. Draft orders are kept apart from the record: they are the orders being
 decided, never current medication (docs/authoring.md). Whose data it is and what a reference
-names are decided by ``engine.patient_data``, as for every other operation.
+names are decided by ``engine.data.patient_data``, as for every other operation.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_service.engine.patient_data import about_other_patient, resolve_reference
+from fhir_service.engine.data.patient_data import about_other_patient, resolve_reference
 
 #: Resource types that are not R4 (DSTU2/STU3 names); ignored with a warning.
 NON_R4_TYPES = frozenset(

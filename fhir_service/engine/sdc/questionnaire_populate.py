@@ -39,20 +39,20 @@ from functools import partial
 from typing import Any
 
 from fhir_service import fhir
-from fhir_service.engine.expressions import FHIRPATH
-from fhir_service.engine.fhirpath import (
-    CompiledExpression,
-    EvaluationSession,
-    FhirPathCompiler,
-)
-from fhir_service.engine.patient_data import (
+from fhir_service.engine.data.patient_data import (
     patient_id_of,
     patients_own,
     reference_key,
     resolve_reference,
     to_json,
 )
-from fhir_service.engine.questionnaire_response import (
+from fhir_service.engine.fhirpath import (
+    CompiledExpression,
+    EvaluationSession,
+    FhirPathCompiler,
+)
+from fhir_service.engine.fhirpath.expressions import FHIRPATH
+from fhir_service.engine.sdc.questionnaire_response import (
     Enablement,
     answer_problems,
     answer_value,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_service.engine.plan_definition import ApplyResult, canonical_of
+from fhir_service.engine.apply.plan_definition import ApplyResult, canonical_of
 from fhir_service.errors import operation_outcome
 
 CQF_MESSAGES = "http://hl7.org/fhir/StructureDefinition/cqf-messages"

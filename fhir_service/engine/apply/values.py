@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fhir_service.engine.patient_data import to_json as to_json  # re-exported
+from fhir_service.engine.data.patient_data import to_json as to_json  # re-exported
 
 _SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
 

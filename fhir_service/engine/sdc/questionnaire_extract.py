@@ -45,15 +45,15 @@ from typing import Any
 from fhirpathpy.engine.nodes import ResourceNode
 
 from fhir_service import fhir
-from fhir_service.engine.fhirpath import EvaluationSession, FhirPathCompiler
-from fhir_service.engine.patient_data import (
+from fhir_service.engine.data.patient_data import (
     patient_id_of,
     patients_own,
     resolve_reference,
     to_json,
 )
-from fhir_service.engine.questionnaire_populate import fhir_instant
-from fhir_service.engine.questionnaire_response import (
+from fhir_service.engine.fhirpath import EvaluationSession, FhirPathCompiler
+from fhir_service.engine.sdc.questionnaire_populate import fhir_instant
+from fhir_service.engine.sdc.questionnaire_response import (
     Enablement,
     answer_value,
     answers_by_link_id,

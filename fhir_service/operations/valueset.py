@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_service.engine.terminology import ValueSetIndex
+from fhir_service.engine.terminology.membership import ValueSetIndex
 from fhir_service.errors import InvalidRequest, NotFound
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.knowledge.repository import KnowledgeBase

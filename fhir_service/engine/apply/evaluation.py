@@ -9,7 +9,8 @@ Variable order of precedence (README "Writing rules"):
 * Library ``variable`` extensions, then PlanDefinition ``variable`` extensions.
 
 A variable that fails to evaluate is recorded as an issue and reads as empty; it never fails
-the call (clinical-reasoning.md §1.3; design-anchors.md lesson 4).
+the call (FHIR Clinical Reasoning https://hl7.org/fhir/R4/clinicalreasoning-module.html;
+docs/authoring.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from fhir_service.engine.data import DataSet
+from fhir_service.engine.data.dataset import DataSet
 from fhir_service.engine.fhirpath import (
     CompiledExpression,
     EvaluationSession,

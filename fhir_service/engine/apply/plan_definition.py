@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fhir_service.canonical import EXT_BASE
-from fhir_service.engine.activity_definition import apply_activity, apply_dynamic_values
-from fhir_service.engine.evaluation import CallInput, Scope, VariableDef, parameter_value
-from fhir_service.engine.expressions import FHIRPATH, parameter_defaults, variables_of
+from fhir_service.engine.apply.activity_definition import apply_activity, apply_dynamic_values
+from fhir_service.engine.apply.evaluation import CallInput, Scope, VariableDef, parameter_value
+from fhir_service.engine.apply.values import result_value, set_path
 from fhir_service.engine.fhirpath import CompiledExpression, FhirPathCompiler, as_boolean
-from fhir_service.engine.values import result_value, set_path
+from fhir_service.engine.fhirpath.expressions import FHIRPATH, parameter_defaults, variables_of
 from fhir_service.errors import IssueLog
 
 ACTION_TARGET_EXT = f"{EXT_BASE}/action-target"

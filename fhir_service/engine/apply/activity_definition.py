@@ -15,10 +15,10 @@ from functools import cache
 from typing import Any
 
 from fhir_service import fhir
-from fhir_service.engine.evaluation import Scope
-from fhir_service.engine.expressions import FHIRPATH
+from fhir_service.engine.apply.evaluation import Scope
+from fhir_service.engine.apply.values import result_value, set_path
 from fhir_service.engine.fhirpath import FhirPathCompiler
-from fhir_service.engine.values import result_value, set_path
+from fhir_service.engine.fhirpath.expressions import FHIRPATH
 
 #: Where each request kind names its subject, in order of preference.
 SUBJECT_ELEMENTS = ("subject", "for", "patient")
