@@ -32,8 +32,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fhir_service.canonical import EXT_BASE
+from fhir_service.engine.apply.plan_definition import OVERRIDE_REASON_EXT
 
-OVERRIDE_REASON_EXT = f"{EXT_BASE}/override-reason"
 LINK_TYPE_EXT = f"{EXT_BASE}/link-type"
 INDICATORS = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from fhir_service import fhir
-from fhir_service.canonical import CANONICAL_BASE, EXT_BASE
+from fhir_service.canonical import CANONICAL_BASE
+from fhir_service.engine.apply.plan_definition import OVERRIDE_REASONS_EXT
 from fhir_service.engine.apply.values import is_simple_path
 from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.fhirpath.expressions import (
@@ -61,7 +62,6 @@ KNOWLEDGE_TYPES = (
 #: bare invocation on ``$this`` (``where(memberOf(...))``).
 VALUESET_ARG_RE = re.compile(r"(?<![\w$])(?:memberOf|ingredients)\(\s*'([^']+)'\s*\)")
 VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-OVERRIDE_REASONS_EXT = f"{EXT_BASE}/override-reasons"
 #: ``priority`` codes whose card is a warning or a critical (cards.INDICATORS)
 OVERRIDABLE_PRIORITIES = frozenset({"urgent", "asap", "stat"})
 #: R4 ``ActivityDefinition.kind`` (RequestResourceType) values the engine can build.

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_service import fhir
+from fhir_service.canonical import EXT_BASE
 from fhir_service.engine.apply.plan_definition import hooks_of, plan_hooks
 from fhir_service.engine.fhirpath import FhirPathCompiler
 from fhir_service.engine.fhirpath.expressions import iter_expressions, variables_of
@@ -28,7 +29,7 @@ from fhir_service.knowledge.repository import KnowledgeBase
 
 CDS_ENDPOINT_EXT = "http://hl7.org/fhir/StructureDefinition/cqf-cdsHooksEndpoint"
 QUERY_PATTERN_EXT = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"
-PREFETCH_KEY_EXT = "http://example.org/fhir/muscle-spasm/StructureDefinition/prefetch-key"
+PREFETCH_KEY_EXT = f"{EXT_BASE}/prefetch-key"
 
 
 @dataclass(frozen=True)

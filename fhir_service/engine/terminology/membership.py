@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir_service.canonical import EXT_BASE
 from fhir_service.engine.terminology.valueset_compose import (
     DOTLESS_SYSTEMS,
     ICD10CM,
@@ -36,7 +37,7 @@ from fhir_service.engine.terminology.valueset_compose import (
 )
 from fhir_service.engine.terminology.valueset_compose import unsupported_compose as _unsupported
 
-INGREDIENT_NAME_URL = "http://example.org/fhir/muscle-spasm/StructureDefinition/ingredient-name"
+INGREDIENT_NAME_URL = f"{EXT_BASE}/ingredient-name"
 PREFIX_HIERARCHY_SYSTEMS = DOTLESS_SYSTEMS  # kept for importers; ICD-10 codes match dotless
 
 __all__ = [

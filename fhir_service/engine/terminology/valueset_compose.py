@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from fhir_service.canonical import EXT_BASE
+
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 #: ICD-10(-CM) codes match without their dot and in any case (clinical-rules R2.1).
 DOTLESS_SYSTEMS = frozenset({ICD10CM, "http://hl7.org/fhir/sid/icd-10"})
@@ -36,7 +38,7 @@ FILTER_OPS = frozenset({"is-a", "descendent-of"})
 #: An ICD-10-CM code or category as printed in the tabular list (blocks and chapters are not).
 ICD10CM_CODE_RE = re.compile(r"[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?")
 #: The SNOMED CT include extension naming the parent whose descendants the concept list holds.
-ENUMERATED_PARENT_URL = "http://example.org/fhir/muscle-spasm/StructureDefinition/enumerated-parent"
+ENUMERATED_PARENT_URL = f"{EXT_BASE}/enumerated-parent"
 #: Keys an expansion entry may carry here (ValueSet.expansion.contains, without nesting).
 CONTAINS_KEYS = frozenset({"system", "code", "display", "extension", "version", "inactive"})
 
