@@ -21,10 +21,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fhir_service.engine.fhirpath.expressions import iter_expressions, variables_of
+from fhir_service.engine.fhirpath.expressions import iter_expressions
 from fhir_service.knowledge.loader import Artifact
 from fhir_service.knowledge.repository import KnowledgeBase
-from fhir_service.knowledge.services import _Reads
+from fhir_service.knowledge.services import VariableReads, local_variables
 
 RESPONSE_TYPE = "QuestionnaireResponse"
 
@@ -50,7 +50,7 @@ def _declared(resource: dict[str, Any]) -> list[str]:
 def assessment_questionnaires(knowledge: KnowledgeBase) -> dict[str, tuple[str, str]]:
     """Rule url → (Questionnaire canonical, title) for every rule that collects or reads one."""
     questionnaires = {str(q.resource.get("url")): q for q in knowledge.of_type("Questionnaire")}
-    reads = _Reads(knowledge, knowledge.compiler)
+    reads = VariableReads(knowledge, knowledge.compiler)
     out: dict[str, tuple[str, str]] = {}
     for rule in knowledge.of_type("PlanDefinition"):
         found = _questionnaire_of(rule, knowledge, questionnaires, reads)
@@ -68,13 +68,13 @@ def _questionnaire_of(
     rule: Artifact,
     knowledge: KnowledgeBase,
     questionnaires: dict[str, Artifact],
-    reads: _Reads,
+    reads: VariableReads,
 ) -> Artifact | None:
     for canonical in _declared(rule.resource):
         found = knowledge.by_canonical(canonical, "Questionnaire")
         if found is not None:
             return found
-    local = {str(v.get("name")): str(v.get("expression")) for v in variables_of(rule.resource)}
+    local = local_variables(rule.resource)
     names = reads.names(rule.resource, local)
     if RESPONSE_TYPE not in names:
         return None

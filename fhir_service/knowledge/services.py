@@ -85,7 +85,12 @@ def data_requirements(knowledge: KnowledgeBase) -> list[PrefetchTemplate]:
     return out
 
 
-class _Reads:
+def local_variables(resource: dict[str, Any]) -> dict[str, str]:
+    """An artifact's own ``variable`` extensions: name → FHIRPath text."""
+    return {str(v.get("name")): str(v.get("expression")) for v in variables_of(resource)}
+
+
+class VariableReads:
     """Which %variables (transitively) an artifact's expressions read."""
 
     def __init__(self, knowledge: KnowledgeBase, compiler: FhirPathCompiler) -> None:
@@ -130,7 +135,7 @@ def _definition_targets(resource: dict[str, Any]) -> list[tuple[str, str]]:
 def build_services(knowledge: KnowledgeBase) -> dict[str, CdsService]:
     """Every CDS service of the knowledge base, by id."""
     templates = data_requirements(knowledge)
-    reads = _Reads(knowledge, knowledge.compiler)
+    reads = VariableReads(knowledge, knowledge.compiler)
     rules = [
         p
         for p in knowledge.of_type("PlanDefinition")
@@ -150,10 +155,7 @@ def build_services(knowledge: KnowledgeBase) -> dict[str, CdsService]:
         ]
         needed: set[str] = set()
         for rule in members:
-            local = {
-                str(v.get("name")): str(v.get("expression")) for v in variables_of(rule.resource)
-            }
-            for name in reads.names(rule.resource, local):
+            for name in reads.names(rule.resource, local_variables(rule.resource)):
                 if name == "patient":
                     needed.add("Patient")
                 elif fhir.is_resource_type(name):
