@@ -28,6 +28,7 @@ DELIBERATE = {
     "false and anything is false, the right side is not evaluated": "short-circuit",
     "true or anything is true, the right side is not evaluated": "short-circuit",
     "false implies anything is true, the right side is not evaluated": "short-circuit",
+    "an error after a false leading test is not raised (short-circuit)": "short-circuit",
 }
 
 

@@ -326,7 +326,7 @@ class FhirPathCompiler:
         self.extensions: Mapping[str, Mapping[str, Any]] = own
         #: fhirpathpy's functions and operators, with the service's own in front
         self.functions: dict[str, Mapping[str, Any]] = {**base_invocation_registry, **own}
-        self._closures = ClosureCompiler(self.functions, R4_MODEL)
+        self._closures = ClosureCompiler(self.functions, R4_MODEL, self._is_member)
         self._cache: dict[str, CompiledExpression] = {}
         self._membership: dict[tuple[str, Any], tuple[str, ...]] = {}
 
@@ -365,6 +365,10 @@ class FhirPathCompiler:
             if self._ingredients_of(get_data(item), url):
                 return [True]
         return [False]
+
+    def _is_member(self, value: Any, url: str) -> bool:
+        """``memberOf(url)`` of one plain JSON Coding/CodeableConcept."""
+        return bool(self._ingredients_of(value, url))
 
     def _ingredients(self, inputs: list[Any], url: str) -> list[str]:
         out: list[str] = []

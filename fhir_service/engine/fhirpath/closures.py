@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import operator
-import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -37,6 +36,14 @@ from fhirpathpy.engine import param_check_table
 from fhirpathpy.engine.invocations import existence, filtering, logic
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, ResourceNode, TypeInfo
 from fhirpathpy.engine.util import get_data
+
+from fhir_service.engine.fhirpath import prefilter
+from fhir_service.engine.fhirpath.literals import (
+    identifier,
+    lone_term,
+    string_literal,
+    string_literal_of,
+)
 
 Ctx = dict[str, Any]
 Tree = Mapping[str, Any]
@@ -111,9 +118,18 @@ class TypePaths:
 class ClosureCompiler:
     """Compiles parse trees against one function table (fhirpathpy's plus the service's)."""
 
-    def __init__(self, registry: Mapping[str, Mapping[str, Any]], model: Any) -> None:
+    def __init__(
+        self,
+        registry: Mapping[str, Mapping[str, Any]],
+        model: Any,
+        member_of: Callable[[Any, str], bool] | None = None,
+    ) -> None:
         self.registry = registry
         self.types = TypePaths(model)
+        #: ``memberOf(url)`` of one Coding/CodeableConcept (the registry's own), for the
+        #: quick verdicts of ``where`` (``prefilter.py``); None: they leave memberOf alone
+        self.member_of = member_of
+        self._prefilter_types = prefilter.Types(self.types.child, self.types.typed)
 
     def compile(self, node: Tree) -> Fn:
         kind = node.get("type")
@@ -364,7 +380,7 @@ class ClosureCompiler:
         plain string (not a Quantity), else fhirpathpy's ``=``."""
         if name not in ("=", "!=") or entry is not _BASE_ENTRIES.get(name):
             return None
-        literal = _string_literal_of(raw_params[1])
+        literal = string_literal_of(raw_params[1])
         if literal is None:
             return None
         left = self.compile(raw_params[0])
@@ -420,9 +436,9 @@ class ClosureCompiler:
 
         arg_types = entry["arity"][count]
         if fn is filtering.where_macro and count == 1:
-            return self._where(self.compile(params_list[0]))
+            return self._where(params_list[0])
         if fn is existence.exists_macro and count == 1:
-            where = self._where(self.compile(params_list[0]))
+            where = self._where(params_list[0])
             return lambda ctx, data: [bool(where(ctx, data))]
         if fn is filtering.select_macro and count == 1:
             return self._select(self.compile(params_list[0]))
@@ -456,16 +472,32 @@ class ClosureCompiler:
 
         return variadic
 
-    @staticmethod
-    def _where(criteria: Fn) -> Fn:
+    def _where(self, criteria_node: Tree) -> Fn:
         """``where(criteria)``: each item kept when the criteria's first value is truthy
-        (fhirpathpy's ``where_macro``, the criteria evaluated once per item)."""
+        (fhirpathpy's ``where_macro``, the criteria evaluated once per item).
+
+        An item whose verdict ``prefilter.QuickFilter`` reads from its JSON skips the
+        criteria; the last item always runs it, so the context (``$this``, ``$index``) is
+        left exactly as the criteria leaves it."""
+        criteria = self.compile(criteria_node)
+        quick = (
+            prefilter.QuickFilter(criteria_node, self._prefilter_types, self.member_of)
+            if prefilter.worth_trying(criteria_node, self.member_of)
+            else None
+        )
 
         def where(ctx: Ctx, data: Any) -> list[Any]:
             if not isinstance(data, list):
                 return []
             kept: list[Any] = []
+            last = len(data) - 1
             for index, item in enumerate(data):
+                if quick is not None and index != last:
+                    verdict = quick(item)
+                    if verdict is not None:
+                        if verdict:
+                            kept.append(item)
+                        continue
                 ctx["$index"] = index
                 this = [item] if type(item) is Node else arraify(item)
                 ctx["$this"] = this
@@ -535,7 +567,7 @@ class ClosureCompiler:
                 return body(ctx, parent)
 
             return any_value
-        literal = _string_literal_of(node)
+        literal = string_literal_of(node)
         if literal is not None and kind in ("String", ["String"]):
 
             def string_param(ctx: Ctx, parent: Any) -> Any:
@@ -860,32 +892,6 @@ def set_base_entries(entries: Mapping[str, Any]) -> None:
     _BASE_ENTRIES.update({k: entries[k] for k in ("=", "!=", *_COMPARISONS)})
 
 
-def _unicode(match: re.Match[str]) -> str:
-    return chr(int(match.group(1)[1:], 16))
-
-
-def string_literal(text: str) -> str:
-    """A string literal's value (fhirpathpy's ``string_literal`` unescaping)."""
-    value = re.sub(r"^['\"]|['\"]$", "", text)
-    for escaped, plain in (
-        ("\\'", "'"),
-        ("\\`", "`"),
-        ('\\"', '"'),
-        ("\\r", "\r"),
-        ("\\n", "\n"),
-        ("\\t", "\t"),
-        ("\\f", "\f"),
-        ("\\\\", "\\"),
-    ):
-        value = value.replace(escaped, plain)
-    return re.sub(r"\\(u\d{4})", _unicode, value)
-
-
-def identifier(text: str) -> str:
-    """An identifier's name (fhirpathpy's ``identifier``: outer double quotes removed)."""
-    return re.sub(r"(^\"|\"$)", "", text)
-
-
 def type_specifier(text: str) -> TypeInfo:
     """fhirpathpy's ``type_specifier``."""
     parts = text.replace("`", "").split(".")
@@ -898,28 +904,10 @@ def type_specifier(text: str) -> TypeInfo:
 
 def _member_key_of(node: Tree) -> str | None:
     """The name of a lone lower-case member step (``code`` in ``code = 'x'``), else None."""
-    if node.get("type") != "TermExpression" or len(node.get("children") or []) != 1:
-        return None
-    term = node["children"][0]
-    if term.get("type") != "InvocationTerm" or len(term.get("children") or []) != 1:
-        return None
-    invocation = term["children"][0]
-    if invocation.get("type") != "MemberInvocation":
+    invocation = lone_term(node, "InvocationTerm")
+    if invocation is None or invocation.get("type") != "MemberInvocation":
         return None
     key = identifier(invocation["children"][0]["text"]).replace("`", "")
     if not key or not key[0].isalpha() or key[0] != key[0].lower() or key == "length":
         return None
     return key
-
-
-def _string_literal_of(node: Tree) -> str | None:
-    """The value of ``node`` when it is a string literal term."""
-    if node.get("type") != "TermExpression" or len(node.get("children") or []) != 1:
-        return None
-    term = node["children"][0]
-    if term.get("type") != "LiteralTerm" or len(term.get("children") or []) != 1:
-        return None
-    literal = term["children"][0]
-    if not literal or literal.get("type") != "StringLiteral":
-        return None
-    return string_literal(literal["text"])

@@ -1,0 +1,370 @@
+"""Quick verdicts for ``where(criteria)`` read straight from the JSON of each item.
+
+Most ``where`` calls of a guideline scan a patient's resources for a few codes or statuses:
+``%Observation.where(code.coding.where(system = 'http://loinc.org' and code = '2823-3').exists()
+and clinicalDate()...)``. Through the compiled closures each item costs the typed nodes of every
+member step and a closure call per operator (~20 µs for an Observation); nearly all items fail
+the first test. This module compiles the part of a criteria it can decide from plain JSON into a
+predicate over the item's dict, so an item whose answer is already known costs a few dictionary
+reads. Why by hand: no FHIRPath library evaluates over plain JSON with fhirpathpy's typing rules,
+and the verdicts must equal the compiled closures' (``tests/fhirpath/test_differential.py``
+compares the whole evaluator with pristine fhirpathpy on every definition and scenario).
+
+What it decides (FHIRPath N1 §5.2 ``where``, §6.5 Boolean logic, §6.1 equality):
+
+- a criteria made only of the subset below: kept or dropped, the general closure never runs;
+- a criteria ``c1 and c2 and ...`` whose leading conjuncts are in the subset: dropped when one of
+  them is false (the compiled ``and`` would stop there, without evaluating the rest), else the
+  general closure decides;
+- anything else, or an item whose JSON leaves the subset at run time (a primitive extension
+  ``_key``, a contained resource, a float, an unexpected array): the general closure decides.
+
+The subset: member steps on non-choice elements (types from the R4 model, as the closures type
+them), ``$this``, ``= 'text'``, ``!= 'text'``, ``= true``/``false``, ``and``, ``or``, ``not()``,
+``exists()``, ``exists(criteria)``, ``empty()``, ``where(criteria)`` and ``memberOf('url')``.
+Every construct of the subset evaluates without raising in the compiled closures, so a verdict
+never hides an error those would have raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fhirpathpy.engine.nodes import ResourceNode
+
+from fhir_service.engine.fhirpath.literals import lone_term, string_literal
+
+Tree = Mapping[str, Any]
+#: one collection of plain JSON values -> another
+Values = Callable[[list[Any]], list[Any]]
+#: one collection of plain JSON values -> True / False / None (empty)
+Verdict = Callable[[list[Any]], "bool | None"]
+#: (member step key) -> (child path, choice suffixes or None); typed path of a child path
+ChildStep = Callable[[str | None, str], "tuple[str, tuple[str, ...] | None]"]
+
+_QUANTITY = frozenset({"Quantity", "System.Quantity"})
+_SCALARS = (str, bool, int)
+
+
+class Unsupported(Exception):
+    """The expression leaves the subset (decided once, when a root type is first met)."""
+
+
+class Undecided(Exception):
+    """The item's JSON leaves the subset (decided per item): the general closure decides."""
+
+
+class Types:
+    """The R4 model's typing of member steps (``closures.TypePaths``)."""
+
+    def __init__(self, child: ChildStep, typed: Callable[[str], str]) -> None:
+        self.child = child
+        self.typed = typed
+
+
+class QuickFilter:
+    """One ``where`` criteria's quick verdict per item: True (kept), False (dropped), None
+    (undecided: evaluate the general criteria). Specialised per root type, on first use."""
+
+    def __init__(
+        self, node: Tree, types: Types, member_of: Callable[[Any, str], bool] | None
+    ) -> None:
+        self.node = node
+        self.builder = _Builder(types, member_of)
+        self.conjuncts = _conjuncts(node)
+        self._by_root: dict[str | None, tuple[Verdict, ...] | None] = {}
+        self._complete: dict[str | None, bool] = {}
+
+    def __call__(self, item: Any) -> bool | None:
+        if type(item) is dict:
+            data = item
+            root = item.get("resourceType") if "resourceType" in item else None
+        elif isinstance(item, ResourceNode):
+            data, root = item.data, item.path
+            if type(data) is not dict:
+                return None
+        else:
+            return None
+        tests = self._by_root.get(root, _MISSING)
+        if tests is _MISSING:
+            tests = self._specialise(root)
+        if tests is None:
+            return None
+        values = [data]
+        try:
+            undecided = False
+            for test in tests:
+                verdict = test(values)
+                if verdict is False:
+                    return False
+                if verdict is None:
+                    undecided = True
+        except Undecided:
+            return None
+        if not self._complete[root]:
+            return None  # the leading tests did not drop it: the rest decides
+        return not undecided  # an empty criteria does not keep the item
+
+    def _specialise(self, root: str | None) -> tuple[Verdict, ...] | None:
+        tests: list[Verdict] = []
+        for conjunct in self.conjuncts:
+            try:
+                tests.append(self.builder.boolean(conjunct, root))
+            except Unsupported:
+                break
+        complete = len(tests) == len(self.conjuncts)
+        found = tuple(tests) if tests else None
+        if len(self._by_root) < 1_000:
+            self._by_root[root] = found
+            self._complete[root] = complete
+        return found
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"QuickFilter({len(self.conjuncts)} conjuncts)"
+
+
+_MISSING: Any = object()
+
+
+class _Untyped:
+    """Types for a first look: no element is a choice (a choice fails at specialisation)."""
+
+    @staticmethod
+    def child(path: str | None, key: str) -> tuple[str, tuple[str, ...] | None]:
+        return f"{path}.{key}", None
+
+    @staticmethod
+    def typed(path: str) -> str:
+        return path
+
+
+def worth_trying(node: Tree, member_of: Callable[[Any, str], bool] | None) -> bool:
+    """Whether the first conjunct of ``node`` is in the subset at all (else no quick filter)."""
+    builder = _Builder(Types(_Untyped.child, _Untyped.typed), member_of)
+    try:
+        builder.boolean(_conjuncts(node)[0], None)
+    except Unsupported:
+        return False
+    return True
+
+
+def _conjuncts(node: Tree) -> list[Tree]:
+    """``a and b and c`` (left-associative) as [a, b, c], in evaluation order."""
+    if node.get("type") == "AndExpression" and node.get("terminalNodeText") == ["and"]:
+        left, right = node["children"]
+        return [*_conjuncts(left), right]
+    return [node]
+
+
+class _Builder:
+    """Compiles a parse tree, for items of one static type path, to JSON functions."""
+
+    def __init__(self, types: Types, member_of: Callable[[Any, str], bool] | None) -> None:
+        self.types = types
+        self.member_of = member_of
+
+    # --- Boolean expressions: True / False / None (empty) ----------------------------------
+
+    def boolean(self, node: Tree, path: str | None) -> Verdict:
+        kind = node.get("type")
+        if kind in ("TermExpression", "ParenthesizedTerm") and len(node["children"]) == 1:
+            child = node["children"][0]
+            if child and child.get("type") in ("ParenthesizedTerm", "TermExpression"):
+                return self.boolean(child, path)
+            if kind == "ParenthesizedTerm":
+                return self.boolean(child, path)
+        if kind == "AndExpression" or kind == "OrExpression":
+            return self._logic(node, path)
+        if kind == "EqualityExpression":
+            return self._equality(node, path)
+        if kind == "InvocationExpression" and len(node["children"]) == 2:
+            return self._boolean_function(node, path)
+        raise Unsupported(kind)
+
+    def _logic(self, node: Tree, path: str | None) -> Verdict:
+        op = node["terminalNodeText"][0]
+        if op not in ("and", "or"):
+            raise Unsupported(op)
+        left = self.boolean(node["children"][0], path)
+        right = self.boolean(node["children"][1], path)
+        deciding = op == "or"  # false decides an ``and``, true an ``or`` (FHIRPath §6.5)
+
+        def junction(values: list[Any]) -> bool | None:
+            a = left(values)
+            if a is deciding:
+                return deciding
+            b = right(values)
+            if b is deciding:
+                return deciding
+            return None if a is None or b is None else not deciding
+
+        return junction
+
+    def _equality(self, node: Tree, path: str | None) -> Verdict:
+        op = node["terminalNodeText"][0]
+        if op not in ("=", "!="):
+            raise Unsupported(op)
+        left_node, right_node = node["children"]
+        literal = _literal(right_node)
+        if literal is _MISSING:
+            raise Unsupported("equality with a non-literal")
+        left, left_path = self.values(left_node, path)
+        if left_path in _QUANTITY:
+            raise Unsupported("Quantity equality")
+        negate = op == "!="
+        kind = type(literal)
+
+        def equality(values: list[Any]) -> bool | None:
+            found = left(values)
+            if not found:
+                return None
+            if len(found) != 1 or type(found[0]) is not kind:
+                raise Undecided
+            return (found[0] == literal) is not negate
+
+        return equality
+
+    def _boolean_function(self, node: Tree, path: str | None) -> Verdict:
+        focus_node, invocation = node["children"]
+        name, params = _function(invocation)
+        if name == "not" and not params:
+            operand = self.boolean(focus_node, path)
+
+            def negation(values: list[Any]) -> bool | None:
+                found = operand(values)
+                return None if found is None else not found
+
+            return negation
+        focus, focus_path = self.values(focus_node, path)
+        if name == "exists" and not params:
+            return lambda values: bool(focus(values))
+        if name == "empty" and not params:
+            return lambda values: not focus(values)
+        if name == "exists" and len(params) == 1:
+            kept = self._where(params[0], focus_path)
+            return lambda values: bool(kept(focus(values)))
+        if name == "memberOf" and len(params) == 1:
+            url = _literal(params[0])
+            member_of = self.member_of
+            if type(url) is not str or member_of is None:
+                raise Unsupported("memberOf without a literal url or a terminology")
+
+            def membership(values: list[Any]) -> bool | None:
+                found = focus(values)
+                if not found:
+                    return None
+                for value in found:
+                    if type(value) is not dict:
+                        raise Undecided
+                    if member_of(value, url):
+                        return True
+                return False
+
+            return membership
+        raise Unsupported(name)
+
+    # --- collections of plain JSON values ----------------------------------------------------
+
+    def values(self, node: Tree, path: str | None) -> tuple[Values, str | None]:
+        """(function, the static type path of its values)."""
+        kind = node.get("type")
+        children = node.get("children") or []
+        if kind in ("TermExpression", "InvocationTerm") and len(children) == 1:
+            return self.values(children[0], path)
+        if kind == "ThisInvocation":
+            return (lambda values: values), path
+        if kind == "MemberInvocation":
+            return self._member(node, path)
+        if kind == "InvocationExpression" and len(children) == 2:
+            focus_node, invocation = children
+            focus, focus_path = self.values(focus_node, path)
+            if invocation.get("type") == "MemberInvocation":
+                step, step_path = self._member(invocation, focus_path)
+                return (lambda values: step(focus(values))), step_path
+            name, params = _function(invocation)
+            if name == "where" and len(params) == 1:
+                kept = self._where(params[0], focus_path)
+                return (lambda values: kept(focus(values))), focus_path
+        raise Unsupported(kind)
+
+    def _where(self, criteria_node: Tree, path: str | None) -> Values:
+        criteria = self.boolean(criteria_node, path)
+
+        def where(values: list[Any]) -> list[Any]:
+            return [v for v in values if criteria([v]) is True]
+
+        return where
+
+    def _member(self, node: Tree, path: str | None) -> tuple[Values, str | None]:
+        key = _identifier(node["children"][0]["text"])
+        if not key or not key[0].islower() or key in ("extension", "length"):
+            raise Unsupported(key)
+        child_path, choices = self.types.child(path, key)
+        if choices:
+            raise Unsupported(f"choice element {key}")
+        typed = self.types.typed(child_path)
+        extension_key = "_" + key
+
+        def step(values: list[Any]) -> list[Any]:
+            out: list[Any] = []
+            for value in values:
+                if type(value) is not dict:
+                    if isinstance(value, _SCALARS):
+                        continue  # a primitive has no members
+                    raise Undecided
+                if extension_key in value:
+                    raise Undecided
+                found = value.get(key)
+                if found is None:
+                    continue
+                if type(found) is list:
+                    for item in found:
+                        _check(item)
+                    out.extend(found)
+                else:
+                    _check(found)
+                    out.append(found)
+            return out
+
+        return step, typed
+
+
+def _check(value: Any) -> None:
+    """A value the member step may hand on as plain JSON (else the general closure decides)."""
+    kind = type(value)
+    if kind is dict:
+        if "resourceType" in value:
+            raise Undecided  # a contained resource is typed by its resourceType
+    elif kind is not str and kind is not bool and kind is not int:
+        raise Undecided
+
+
+def _function(invocation: Tree) -> tuple[str, list[Tree]]:
+    if invocation.get("type") != "FunctionInvocation":
+        raise Unsupported(invocation.get("type"))
+    functn = invocation["children"][0]
+    parts = functn["children"]
+    name = _identifier(parts[0]["text"])
+    params: list[Tree] = []
+    if len(parts) > 1 and "children" in parts[1]:
+        params = list(parts[1]["children"])
+    return name, params
+
+
+def _literal(node: Tree) -> Any:
+    """The value of a string or Boolean literal term, else ``_MISSING``."""
+    literal = lone_term(node, "LiteralTerm")
+    if literal is None:
+        return _MISSING
+    if literal.get("type") == "StringLiteral":
+        return string_literal(literal["text"])
+    if literal.get("type") == "BooleanLiteral":
+        return literal["text"] == "true"
+    return _MISSING
+
+
+def _identifier(text: str) -> str:
+    if text.startswith("`") or text.startswith('"'):
+        return ""  # delimited identifiers stay with the general closures
+    return text
