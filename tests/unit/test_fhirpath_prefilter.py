@@ -57,7 +57,22 @@ def test_a_complete_criteria_decides_plain_items_only(item: Any, verdict: bool |
 def test_leading_tests_only_drop_and_leave_the_rest_to_the_closures() -> None:
     partial = quick(f"{CODING_TEST} and clinicalDate().exists()")
     assert partial(obs(code={"coding": [{"system": LOINC, "code": "x"}]})) is False
-    assert partial(potassium()) is None
+    assert partial(potassium()) is None  # no compiler for the rest: the whole criteria
+    rests: list[list[Any]] = []
+
+    def compile_rest(conjuncts: list[Any]) -> str:
+        rests.append(conjuncts)
+        return "the rest"
+
+    with_rest = prefilter.QuickFilter(
+        parse(f"{CODING_TEST} and clinicalDate().exists()")["children"][0],
+        prefilter.Types(TypePaths(R4_MODEL).child, TypePaths(R4_MODEL).typed),
+        None,
+        compile_rest,
+    )
+    assert with_rest(potassium()) == "the rest"
+    assert with_rest(potassium()) == "the rest"  # compiled once
+    assert len(rests) == 1 and len(rests[0]) == 1
 
 
 def test_a_criteria_outside_the_subset_is_not_tried() -> None:
@@ -95,7 +110,7 @@ def test_decided_items_skip_the_compiled_criteria(monkeypatch: pytest.MonkeyPatc
     seen: list[Any] = []
     original = prefilter.QuickFilter.__call__
 
-    def spy(self: prefilter.QuickFilter, item: Any) -> bool | None:
+    def spy(self: prefilter.QuickFilter, item: Any) -> Any:
         verdict = original(self, item)
         seen.append(verdict)
         return verdict

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property, lru_cache
 from typing import Any, cast
@@ -55,6 +55,7 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from fhir_service.engine.fhirpath import distinct
 from fhir_service.engine.fhirpath.closures import (
     ClosureCompiler,
     Fn,
@@ -86,6 +87,8 @@ class EvaluationSession:
     #: Resolves a Reference object itself: ``#id`` looked up in the contained resources of the
     #: resource that holds that very Reference (identity), not of any resource of the call.
     scoped: Callable[[Mapping[str, Any]], dict[str, Any] | None] | None = None
+    #: what one call computes once and reads many times (``descendants()`` of a resource)
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def now_value(self) -> FP_DateTime:
@@ -321,6 +324,9 @@ class FhirPathCompiler:
             "trace": {"fn": _trace, "arity": {0: [], 1: ["String"], 2: ["String", "Expr"]}},
             "children": {"fn": navigation.children_fn},
             "descendants": {"fn": navigation.descendants_fn},
+            "distinct": {**base_invocation_registry["distinct"], "fn": distinct.distinct_fn},
+            "|": {**base_invocation_registry["|"], "fn": distinct.union_op},
+            "union": {**base_invocation_registry["union"], "fn": distinct.union_op},
         }
         #: the service's functions, as fhirpathpy's registry entries (``fn(ctx, inputs, ...)``)
         self.extensions: Mapping[str, Mapping[str, Any]] = own
@@ -396,7 +402,7 @@ class FhirPathCompiler:
 
 #: fhirpathpy functions the service implements again for speed, with the same results (the
 #: differential test compares them with fhirpathpy's own)
-REIMPLEMENTED = frozenset({"children", "descendants"})
+REIMPLEMENTED = frozenset({"children", "descendants", "distinct", "|", "union"})
 #: distinct (ValueSet, concept) answers kept by ``FhirPathCompiler._ingredients_of``
 MEMBERSHIP_MEMO_SIZE = 100_000
 

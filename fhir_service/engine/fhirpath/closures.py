@@ -481,7 +481,12 @@ class ClosureCompiler:
         left exactly as the criteria leaves it."""
         criteria = self.compile(criteria_node)
         quick = (
-            prefilter.QuickFilter(criteria_node, self._prefilter_types, self.member_of)
+            prefilter.QuickFilter(
+                criteria_node,
+                self._prefilter_types,
+                self.member_of,
+                lambda rest: self.compile(prefilter.and_chain(rest)),
+            )
             if prefilter.worth_trying(criteria_node, self.member_of)
             else None
         )
@@ -492,16 +497,20 @@ class ClosureCompiler:
             kept: list[Any] = []
             last = len(data) - 1
             for index, item in enumerate(data):
+                run = criteria
                 if quick is not None and index != last:
                     verdict = quick(item)
-                    if verdict is not None:
-                        if verdict:
-                            kept.append(item)
+                    if verdict is True:
+                        kept.append(item)
                         continue
+                    if verdict is False:
+                        continue
+                    if verdict is not None:
+                        run = verdict  # the leading tests hold: the rest of the criteria
                 ctx["$index"] = index
                 this = [item] if type(item) is Node else arraify(item)
                 ctx["$this"] = this
-                found = criteria(ctx, this)
+                found = run(ctx, this)
                 if len(found) > 0 and found[0]:
                     kept.append(item)
             return _flatten(kept)
@@ -845,7 +854,20 @@ class Navigation:
     def children_fn(self, _ctx: Ctx, coll: list[Any]) -> list[Any]:
         return self.children(coll, True)
 
-    def descendants_fn(self, _ctx: Ctx, coll: list[Any]) -> list[Any]:
+    def descendants_fn(self, ctx: Ctx, coll: list[Any]) -> list[Any]:
+        """``descendants()``, computed once per call for the same input items (the items of a
+        QuestionnaireResponse are read by many variables): the nodes depend only on the input
+        items, which the memo holds alive so that their identity stays theirs."""
+        memo = getattr(ctx.get("session"), "memo", None)
+        if memo is None or not coll:
+            return self.descendants(coll)
+        key = ("descendants", *(id(x) for x in coll))
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = (list(coll), self.descendants(coll))
+        return list(found[1])
+
+    def descendants(self, coll: list[Any]) -> list[Any]:
         out: list[Any] = []
         found = self.children(coll, False)
         while found:

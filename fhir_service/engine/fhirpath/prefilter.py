@@ -64,19 +64,26 @@ class Types:
 
 
 class QuickFilter:
-    """One ``where`` criteria's quick verdict per item: True (kept), False (dropped), None
-    (undecided: evaluate the general criteria). Specialised per root type, on first use."""
+    """One ``where`` criteria's quick verdict per item, specialised per root type on first use:
+    True (kept), False (dropped), None (undecided: run the whole criteria), or, when the
+    leading tests are all true and the rest is outside the subset, the compiled rest (run it
+    instead of the whole criteria: ``true and (rest)``, the value the whole would give)."""
 
     def __init__(
-        self, node: Tree, types: Types, member_of: Callable[[Any, str], bool] | None
+        self,
+        node: Tree,
+        types: Types,
+        member_of: Callable[[Any, str], bool] | None,
+        rest: Callable[[list[Tree]], Any] | None = None,
     ) -> None:
         self.node = node
         self.builder = _Builder(types, member_of)
         self.conjuncts = _conjuncts(node)
+        self._compile_rest = rest
         self._by_root: dict[str | None, tuple[Verdict, ...] | None] = {}
-        self._complete: dict[str | None, bool] = {}
+        self._rest: dict[int, Any] = {}
 
-    def __call__(self, item: Any) -> bool | None:
+    def __call__(self, item: Any) -> Any:
         if type(item) is dict:
             data = item
             root = item.get("resourceType") if "resourceType" in item else None
@@ -92,8 +99,8 @@ class QuickFilter:
         if tests is None:
             return None
         values = [data]
+        undecided = False
         try:
-            undecided = False
             for test in tests:
                 verdict = test(values)
                 if verdict is False:
@@ -102,9 +109,15 @@ class QuickFilter:
                     undecided = True
         except Undecided:
             return None
-        if not self._complete[root]:
-            return None  # the leading tests did not drop it: the rest decides
-        return not undecided  # an empty criteria does not keep the item
+        count = len(tests)
+        if count == len(self.conjuncts):
+            return not undecided  # an empty criteria does not keep the item
+        if undecided or self._compile_rest is None:
+            return None  # the leading tests did not drop it: the whole criteria decides
+        rest = self._rest.get(count)
+        if rest is None:
+            rest = self._rest[count] = self._compile_rest(self.conjuncts[count:])
+        return rest
 
     def _specialise(self, root: str | None) -> tuple[Verdict, ...] | None:
         tests: list[Verdict] = []
@@ -113,11 +126,9 @@ class QuickFilter:
                 tests.append(self.builder.boolean(conjunct, root))
             except Unsupported:
                 break
-        complete = len(tests) == len(self.conjuncts)
         found = tuple(tests) if tests else None
         if len(self._by_root) < 1_000:
             self._by_root[root] = found
-            self._complete[root] = complete
         return found
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
@@ -147,6 +158,25 @@ def worth_trying(node: Tree, member_of: Callable[[Any, str], bool] | None) -> bo
     except Unsupported:
         return False
     return True
+
+
+def and_chain(conjuncts: list[Tree]) -> Tree:
+    """The parse tree of ``true and (c1 and c2 and ...)``: what the criteria gives once its
+    leading conjuncts are known true (each conjunct still checked as a Boolean)."""
+    chain = conjuncts[0]
+    for conjunct in conjuncts[1:]:
+        chain = _and(chain, conjunct)
+    true = {
+        "type": "TermExpression",
+        "children": [
+            {"type": "LiteralTerm", "children": [{"type": "BooleanLiteral", "text": "true"}]}
+        ],
+    }
+    return _and(true, chain)
+
+
+def _and(left: Tree, right: Tree) -> Tree:
+    return {"type": "AndExpression", "terminalNodeText": ["and"], "children": [left, right]}
 
 
 def _conjuncts(node: Tree) -> list[Tree]:
