@@ -244,8 +244,21 @@ class _Builder:
             raise Unsupported("Quantity equality")
         negate = op == "!="
         kind = type(literal)
+        invocation = lone_term(left_node, "InvocationTerm")
+        key = ""
+        if invocation is not None and invocation.get("type") == "MemberInvocation":
+            key = _identifier(invocation["children"][0]["text"])
+        extension_key = "_" + key
 
         def equality(values: list[Any]) -> bool | None:
+            if key and len(values) == 1 and type(values[0]) is dict:
+                # ``key = 'text'`` on one object: its member read in place
+                value = values[0]
+                one = value.get(key)
+                if one is None and extension_key not in value:
+                    return None
+                if type(one) is kind and extension_key not in value:
+                    return (one == literal) is not negate
             found = left(values)
             if not found:
                 return None
