@@ -20,10 +20,18 @@ LOINC = "http://loinc.org"
 CODING_TEST = "code.coding.where(system = 'http://loinc.org' and code = '2823-3').exists()"
 
 
+def functions(member_of: Any) -> prefilter.Functions | None:
+    if member_of is None:
+        return None
+    return prefilter.Functions(member_of, lambda _r: None, lambda *_a: [], {}, lambda _n: None)
+
+
 def quick(criteria: str, member_of: Any = None) -> prefilter.QuickFilter:
     types = TypePaths(R4_MODEL)
     node = parse(criteria)["children"][0]
-    return prefilter.QuickFilter(node, prefilter.Types(types.child, types.typed), member_of)
+    return prefilter.QuickFilter(
+        node, prefilter.Types(types.child, types.typed), functions(member_of)
+    )
 
 
 def obs(**fields: Any) -> dict[str, Any]:
@@ -110,8 +118,8 @@ def test_decided_items_skip_the_compiled_criteria(monkeypatch: pytest.MonkeyPatc
     seen: list[Any] = []
     original = prefilter.QuickFilter.__call__
 
-    def spy(self: prefilter.QuickFilter, item: Any) -> Any:
-        verdict = original(self, item)
+    def spy(self: prefilter.QuickFilter, item: Any, ctx: Any = None) -> Any:
+        verdict = original(self, item, ctx)
         seen.append(verdict)
         return verdict
 

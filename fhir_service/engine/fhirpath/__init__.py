@@ -55,11 +55,12 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from fhir_service.engine.fhirpath import distinct
+from fhir_service.engine.fhirpath import distinct, prefilter
 from fhir_service.engine.fhirpath.closures import (
     ClosureCompiler,
     Fn,
     Navigation,
+    number,
     set_base_entries,
 )
 from fhir_service.engine.terminology.membership import Terminology
@@ -332,7 +333,20 @@ class FhirPathCompiler:
         self.extensions: Mapping[str, Mapping[str, Any]] = own
         #: fhirpathpy's functions and operators, with the service's own in front
         self.functions: dict[str, Mapping[str, Any]] = {**base_invocation_registry, **own}
-        self._closures = ClosureCompiler(self.functions, R4_MODEL, self._is_member)
+        self._closures = ClosureCompiler(
+            self.functions,
+            R4_MODEL,
+            prefilter.Functions(
+                member_of=self._is_member,
+                clinical_date=clinical_date,
+                duration=_duration,
+                clock={
+                    "now": lambda ctx: _session(ctx).now_value,
+                    "today": lambda ctx: _session(ctx).today_value,
+                },
+                number=number,
+            ),
+        )
         self._cache: dict[str, CompiledExpression] = {}
         self._membership: dict[tuple[str, Any], tuple[str, ...]] = {}
 

@@ -122,13 +122,13 @@ class ClosureCompiler:
         self,
         registry: Mapping[str, Mapping[str, Any]],
         model: Any,
-        member_of: Callable[[Any, str], bool] | None = None,
+        functions: prefilter.Functions | None = None,
     ) -> None:
         self.registry = registry
         self.types = TypePaths(model)
-        #: ``memberOf(url)`` of one Coding/CodeableConcept (the registry's own), for the
-        #: quick verdicts of ``where`` (``prefilter.py``); None: they leave memberOf alone
-        self.member_of = member_of
+        #: the registry's own memberOf(), clinicalDate(), duration(), now(), today() for the
+        #: quick verdicts of ``where`` (``prefilter.py``); None: they leave those alone
+        self.functions = functions
         self._prefilter_types = prefilter.Types(self.types.child, self.types.typed)
 
     def compile(self, node: Tree) -> Fn:
@@ -357,7 +357,7 @@ class ClosureCompiler:
                 if not a or not b:
                     return []
                 if len(a) == 1 and len(b) == 1:
-                    x, y = _number(a[0]), _number(b[0])
+                    x, y = number(a[0]), number(b[0])
                     if x is not None and y is not None:
                         return [compare(x, y)]  # what fhirpathpy's typecheck leaves
                 return arraify(fn(ctx, a, b))
@@ -484,10 +484,10 @@ class ClosureCompiler:
             prefilter.QuickFilter(
                 criteria_node,
                 self._prefilter_types,
-                self.member_of,
+                self.functions,
                 lambda rest: self.compile(prefilter.and_chain(rest)),
             )
-            if prefilter.worth_trying(criteria_node, self.member_of)
+            if prefilter.worth_trying(criteria_node, self.functions)
             else None
         )
 
@@ -499,7 +499,7 @@ class ClosureCompiler:
             for index, item in enumerate(data):
                 run = criteria
                 if quick is not None and index != last:
-                    verdict = quick(item)
+                    verdict = quick(item, ctx)
                     if verdict is True:
                         kept.append(item)
                         continue
@@ -899,7 +899,7 @@ _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def _number(value: Any) -> int | Decimal | None:
+def number(value: Any) -> int | Decimal | None:
     """A plain integer or decimal (as fhirpathpy's ``get_data`` gives it), else None."""
     if isinstance(value, ResourceNode):
         value = value.data

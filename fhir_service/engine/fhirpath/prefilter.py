@@ -28,7 +28,9 @@ never hides an error those would have raised.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fhirpathpy.engine.nodes import ResourceNode
@@ -36,10 +38,10 @@ from fhirpathpy.engine.nodes import ResourceNode
 from fhir_service.engine.fhirpath.literals import lone_term, string_literal
 
 Tree = Mapping[str, Any]
-#: one collection of plain JSON values -> another
-Values = Callable[[list[Any]], list[Any]]
-#: one collection of plain JSON values -> True / False / None (empty)
-Verdict = Callable[[list[Any]], "bool | None"]
+#: (one collection of plain JSON values, the evaluation context) -> another collection
+Values = Callable[[list[Any], Any], list[Any]]
+#: (one collection of plain JSON values, the evaluation context) -> True / False / None (empty)
+Verdict = Callable[[list[Any], Any], "bool | None"]
 #: (member step key) -> (child path, choice suffixes or None); typed path of a child path
 ChildStep = Callable[[str | None, str], "tuple[str, tuple[str, ...] | None]"]
 
@@ -63,6 +65,22 @@ class Types:
         self.typed = typed
 
 
+@dataclass(frozen=True)
+class Functions:
+    """The service's own functions a quick verdict calls, exactly as the closures call them."""
+
+    #: ``memberOf(url)`` of one Coding/CodeableConcept dict
+    member_of: Callable[[Any, str], bool]
+    #: ``clinicalDate()`` of one resource dict (a date string or None)
+    clinical_date: Callable[[Any], str | None]
+    #: ``duration(end, precision)`` of a list of inputs (``[n]`` or ``[]``)
+    duration: Callable[[list[Any], list[Any], str], list[int]]
+    #: ``now()``/``today()`` of the call's session, from the evaluation context
+    clock: Mapping[str, Callable[[Any], Any]]
+    #: a number as the compiled comparisons see it (int/Decimal), else None
+    number: Callable[[Any], Any]
+
+
 class QuickFilter:
     """One ``where`` criteria's quick verdict per item, specialised per root type on first use:
     True (kept), False (dropped), None (undecided: run the whole criteria), or, when the
@@ -73,17 +91,17 @@ class QuickFilter:
         self,
         node: Tree,
         types: Types,
-        member_of: Callable[[Any, str], bool] | None,
+        functions: Functions | None,
         rest: Callable[[list[Tree]], Any] | None = None,
     ) -> None:
         self.node = node
-        self.builder = _Builder(types, member_of)
+        self.builder = _Builder(types, functions)
         self.conjuncts = _conjuncts(node)
         self._compile_rest = rest
         self._by_root: dict[str | None, tuple[Verdict, ...] | None] = {}
         self._rest: dict[int, Any] = {}
 
-    def __call__(self, item: Any) -> Any:
+    def __call__(self, item: Any, ctx: Any = None) -> Any:
         if type(item) is dict:
             data = item
             root = item.get("resourceType") if "resourceType" in item else None
@@ -102,7 +120,7 @@ class QuickFilter:
         undecided = False
         try:
             for test in tests:
-                verdict = test(values)
+                verdict = test(values, ctx)
                 if verdict is False:
                     return False
                 if verdict is None:
@@ -150,9 +168,9 @@ class _Untyped:
         return path
 
 
-def worth_trying(node: Tree, member_of: Callable[[Any, str], bool] | None) -> bool:
+def worth_trying(node: Tree, functions: Functions | None) -> bool:
     """Whether the first conjunct of ``node`` is in the subset at all (else no quick filter)."""
-    builder = _Builder(Types(_Untyped.child, _Untyped.typed), member_of)
+    builder = _Builder(Types(_Untyped.child, _Untyped.typed), functions)
     try:
         builder.boolean(_conjuncts(node)[0], None)
     except Unsupported:
@@ -190,9 +208,9 @@ def _conjuncts(node: Tree) -> list[Tree]:
 class _Builder:
     """Compiles a parse tree, for items of one static type path, to JSON functions."""
 
-    def __init__(self, types: Types, member_of: Callable[[Any, str], bool] | None) -> None:
+    def __init__(self, types: Types, functions: Functions | None) -> None:
         self.types = types
-        self.member_of = member_of
+        self.functions = functions
 
     # --- Boolean expressions: True / False / None (empty) ----------------------------------
 
@@ -208,6 +226,8 @@ class _Builder:
             return self._logic(node, path)
         if kind == "EqualityExpression":
             return self._equality(node, path)
+        if kind == "InequalityExpression":
+            return self._date_distance(node)
         if kind == "InvocationExpression" and len(node["children"]) == 2:
             return self._boolean_function(node, path)
         raise Unsupported(kind)
@@ -220,11 +240,11 @@ class _Builder:
         right = self.boolean(node["children"][1], path)
         deciding = op == "or"  # false decides an ``and``, true an ``or`` (FHIRPath §6.5)
 
-        def junction(values: list[Any]) -> bool | None:
-            a = left(values)
+        def junction(values: list[Any], ctx: Any) -> bool | None:
+            a = left(values, ctx)
             if a is deciding:
                 return deciding
-            b = right(values)
+            b = right(values, ctx)
             if b is deciding:
                 return deciding
             return None if a is None or b is None else not deciding
@@ -250,7 +270,7 @@ class _Builder:
             key = _identifier(invocation["children"][0]["text"])
         extension_key = "_" + key
 
-        def equality(values: list[Any]) -> bool | None:
+        def equality(values: list[Any], ctx: Any) -> bool | None:
             if key and len(values) == 1 and type(values[0]) is dict:
                 # ``key = 'text'`` on one object: its member read in place
                 value = values[0]
@@ -259,7 +279,7 @@ class _Builder:
                     return None
                 if type(one) is kind and extension_key not in value:
                     return (one == literal) is not negate
-            found = left(values)
+            found = left(values, ctx)
             if not found:
                 return None
             if len(found) != 1 or type(found[0]) is not kind:
@@ -268,33 +288,65 @@ class _Builder:
 
         return equality
 
+    def _date_distance(self, node: Tree) -> Verdict:
+        """``clinicalDate().duration(today(), 'days') <= %limit`` (or ``now()``, another
+        precision, another comparison, a number): how old a resource is, against a limit."""
+        functions = self.functions
+        op = node["terminalNodeText"][0]
+        compare = _COMPARISONS.get(op)
+        if functions is None or compare is None:
+            raise Unsupported(op)
+        left_node, right_node = node["children"]
+        clock, precision = _duration_of_clinical_date(left_node, functions)
+        limit = _limit(right_node)
+        clinical_date, duration, number = (
+            functions.clinical_date,
+            functions.duration,
+            functions.number,
+        )
+
+        def distance(values: list[Any], ctx: Any) -> bool | None:
+            if len(values) != 1 or ctx is None:
+                raise Undecided
+            found = clinical_date(values[0])
+            periods = duration([found], [clock(ctx)], precision) if found else []
+            bound = limit(ctx)  # read even when the left is empty, as the closures do
+            if not periods or not bound:
+                return None
+            x, y = number(periods[0]), number(bound[0])
+            if len(bound) != 1 or x is None or y is None:
+                raise Undecided
+            return bool(compare(x, y))
+
+        return distance
+
     def _boolean_function(self, node: Tree, path: str | None) -> Verdict:
         focus_node, invocation = node["children"]
         name, params = _function(invocation)
         if name == "not" and not params:
             operand = self.boolean(focus_node, path)
 
-            def negation(values: list[Any]) -> bool | None:
-                found = operand(values)
+            def negation(values: list[Any], ctx: Any) -> bool | None:
+                found = operand(values, ctx)
                 return None if found is None else not found
 
             return negation
         focus, focus_path = self.values(focus_node, path)
         if name == "exists" and not params:
-            return lambda values: bool(focus(values))
+            return lambda values, ctx: bool(focus(values, ctx))
         if name == "empty" and not params:
-            return lambda values: not focus(values)
+            return lambda values, ctx: not focus(values, ctx)
         if name == "exists" and len(params) == 1:
             kept = self._where(params[0], focus_path)
-            return lambda values: bool(kept(focus(values)))
+            return lambda values, ctx: bool(kept(focus(values, ctx), ctx))
         if name == "memberOf" and len(params) == 1:
             url = _literal(params[0])
-            member_of = self.member_of
+            member_of = self.functions.member_of if self.functions else None
             if type(url) is not str or member_of is None:
                 raise Unsupported("memberOf without a literal url or a terminology")
 
-            def membership(values: list[Any]) -> bool | None:
-                found = focus(values)
+            def membership(values: list[Any], ctx: Any) -> bool | None:
+                found = focus(values, ctx)
                 if not found:
                     return None
                 for value in found:
@@ -316,7 +368,7 @@ class _Builder:
         if kind in ("TermExpression", "InvocationTerm") and len(children) == 1:
             return self.values(children[0], path)
         if kind == "ThisInvocation":
-            return (lambda values: values), path
+            return (lambda values, _ctx: values), path
         if kind == "MemberInvocation":
             return self._member(node, path)
         if kind == "InvocationExpression" and len(children) == 2:
@@ -324,18 +376,18 @@ class _Builder:
             focus, focus_path = self.values(focus_node, path)
             if invocation.get("type") == "MemberInvocation":
                 step, step_path = self._member(invocation, focus_path)
-                return (lambda values: step(focus(values))), step_path
+                return (lambda values, ctx: step(focus(values, ctx), ctx)), step_path
             name, params = _function(invocation)
             if name == "where" and len(params) == 1:
                 kept = self._where(params[0], focus_path)
-                return (lambda values: kept(focus(values))), focus_path
+                return (lambda values, ctx: kept(focus(values, ctx), ctx)), focus_path
         raise Unsupported(kind)
 
     def _where(self, criteria_node: Tree, path: str | None) -> Values:
         criteria = self.boolean(criteria_node, path)
 
-        def where(values: list[Any]) -> list[Any]:
-            return [v for v in values if criteria([v]) is True]
+        def where(values: list[Any], ctx: Any) -> list[Any]:
+            return [v for v in values if criteria([v], ctx) is True]
 
         return where
 
@@ -349,7 +401,7 @@ class _Builder:
         typed = self.types.typed(child_path)
         extension_key = "_" + key
 
-        def step(values: list[Any]) -> list[Any]:
+        def step(values: list[Any], _ctx: Any) -> list[Any]:
             out: list[Any] = []
             for value in values:
                 if type(value) is not dict:
@@ -381,6 +433,69 @@ def _check(value: Any) -> None:
             raise Undecided  # a contained resource is typed by its resourceType
     elif kind is not str and kind is not bool and kind is not int:
         raise Undecided
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _duration_of_clinical_date(
+    node: Tree, functions: Functions
+) -> tuple[Callable[[Any], Any], str]:
+    """(the clock function, the precision) of ``clinicalDate().duration(<clock>(), 'p')``."""
+    if node.get("type") != "InvocationExpression" or len(node.get("children") or []) != 2:
+        raise Unsupported("not a duration")
+    focus, invocation = node["children"]
+    name, params = _function(invocation)
+    if name != "duration" or len(params) != 2:
+        raise Unsupported(name)
+    start = lone_term(focus, "InvocationTerm")
+    if start is None or _function(start) != ("clinicalDate", []):
+        raise Unsupported("duration of something else than clinicalDate()")
+    end = lone_term(params[0], "InvocationTerm")
+    if end is None:
+        raise Unsupported("duration to something else than now() or today()")
+    end_name, end_params = _function(end)
+    clock = functions.clock.get(end_name)
+    precision = _literal(params[1])
+    if clock is None or end_params or type(precision) is not str:
+        raise Unsupported("duration to something else than now() or today()")
+    return clock, precision
+
+
+def _limit(node: Tree) -> Callable[[Any], list[Any]]:
+    """A ``%variable`` or a number literal, as the compiled closures read it."""
+    literal = lone_term(node, "LiteralTerm")
+    if literal is not None and literal.get("type") == "NumberLiteral":
+        text = literal["text"]
+        if not text.isdigit():
+            raise Unsupported("a decimal limit")
+        value = int(text)
+        return lambda _ctx: [value]
+    if node.get("type") != "TermExpression" or len(node.get("children") or []) != 1:
+        raise Unsupported("limit")
+    term = node["children"][0]
+    if term.get("type") != "ExternalConstantTerm":
+        raise Unsupported("limit")
+    raw = term["children"][0]["children"][0]["text"]
+    if not raw or not (raw[0].isalpha() or raw[0] == "_"):
+        raise Unsupported("a delimited variable name")
+    name = raw
+
+    def variable(ctx: Any) -> list[Any]:
+        variables = ctx["vars"]
+        if name not in variables:
+            raise Undecided  # the closures raise for an undefined variable
+        value = variables[name]
+        if value is None:
+            return []
+        return value if isinstance(value, list) else [value]
+
+    return variable
 
 
 def _function(invocation: Tree) -> tuple[str, list[Tree]]:
