@@ -10,6 +10,9 @@ https://hl7.org/fhirpath/N1/) and adds the functions our knowledge artifacts use
 ``resolve()``
     A Reference to the resource it names in the call's data (``Type/id``, or ``#id`` for a
     contained resource).
+``medicationCode()``
+    The concept of a medication resource: its ``medicationCodeableConcept``, else the ``code``
+    of the Medication its ``medicationReference`` names (contained or resolved).
 ``duration(end, precision)``
     Whole calendar periods (``'years'``, ``'months'``, ``'weeks'``, ``'days'``) from the input
     date to ``end`` (FHIRPath 3.0 ``duration``).
@@ -315,6 +318,10 @@ class FhirPathCompiler:
             "memberOf": {"fn": self._member_of, "arity": {1: ["String"]}},
             "ingredients": {"fn": _plain_inputs(self._ingredients), "arity": {1: ["String"]}},
             "resolve": {"fn": _plain_inputs(_resolve, with_ctx=True), "arity": {0: []}},
+            "medicationCode": {
+                "fn": _plain_inputs(_medication_code, with_ctx=True),
+                "arity": {0: []},
+            },
             "duration": {"fn": _plain_inputs(_duration), "arity": {2: ["Any", "String"]}},
             "now": {"fn": _now, "arity": {0: []}},
             "today": {"fn": _today, "arity": {0: []}},
@@ -461,6 +468,44 @@ def _resolve(ctx: Mapping[str, Any], inputs: list[Any]) -> list[dict[str, Any]]:
             found = current.resolver(ref)
         if found is not None:
             out.append(found)
+    return out
+
+
+def _medication_code(ctx: Mapping[str, Any], inputs: list[Any]) -> list[Any]:
+    """``medicationCode()``: the concept of each medication resource (MedicationRequest,
+    MedicationStatement, MedicationDispense...): its ``medicationCodeableConcept``, and the
+    ``code`` of the Medication its ``medicationReference`` names (``#id``: the first contained
+    Medication with that id; otherwise resolved in the call's data). ``medication[x]`` is a
+    choice: as in fhirpathpy, a ``medicationCodeableConcept`` hides the reference."""
+    current = _session(ctx)
+    out: list[Any] = []
+    for resource in inputs:
+        if not isinstance(resource, Mapping):
+            continue
+        if "medicationCodeableConcept" in resource or "_medicationCodeableConcept" in resource:
+            concept = resource.get("medicationCodeableConcept")
+            out.extend([concept] if isinstance(concept, Mapping) else [])
+            continue
+        reference = resource.get("medicationReference")
+        ref = reference.get("reference") if isinstance(reference, Mapping) else None
+        medication: Any = None
+        if isinstance(ref, str) and ref.startswith("#"):
+            medication = next(
+                (
+                    item
+                    for item in resource.get("contained") or ()
+                    if isinstance(item, Mapping)
+                    and item.get("resourceType") == "Medication"
+                    and isinstance(item.get("id"), str)
+                    and "#" + item["id"] == ref
+                ),
+                None,
+            )
+        elif isinstance(ref, str) and current.resolver is not None:
+            medication = current.resolver(ref)
+        code = medication.get("code") if isinstance(medication, Mapping) else None
+        if isinstance(code, Mapping):
+            out.append(code)
     return out
 
 
