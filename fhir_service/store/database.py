@@ -10,14 +10,15 @@ beyond the busy timeout, unwritable path) every operation raises :class:`StoreUn
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, select
+from sqlalchemy import Connection, Engine, Executable, Table, create_engine, event, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -230,18 +231,48 @@ class Database:
         self.engine.dispose()
 
 
+@functools.cache
+def _insert_or_ignore(dialect: str, table: Table, *, returning: bool) -> Executable | None:
+    """``INSERT .. ON CONFLICT DO NOTHING`` for ``table``, built once per dialect and table.
+
+    The statement names no values: each execution binds its rows as parameters, so SQLAlchemy
+    compiles it once (its compiled cache) instead of coercing every value of every row into a
+    new statement. ``returning`` adds ``RETURNING`` of the first primary-key column. None for a
+    dialect without ``ON CONFLICT`` (SQLite and PostgreSQL have it).
+    """
+    if dialect not in ("sqlite", "postgresql"):
+        return None
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    stmt = insert(table).on_conflict_do_nothing()
+    if returning:
+        return stmt.returning(next(iter(table.primary_key.columns)))
+    return stmt
+
+
 def insert_ignoring_conflict(conn: Connection, table: Table, row: Mapping[str, Any]) -> bool:
     """Insert ``row`` unless it breaks a unique key; True when a row was inserted."""
-    dialect = conn.dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        insert = sqlite_insert if dialect == "sqlite" else pg_insert
-        key = next(iter(table.primary_key.columns))
+    stmt = _insert_or_ignore(conn.dialect.name, table, returning=True)
+    if stmt is not None:
         # RETURNING gives the inserted row only (INSERT's rowcount is not reliable here).
-        stmt = insert(table).values(row).on_conflict_do_nothing().returning(key)
-        return conn.execute(stmt).first() is not None
+        return conn.execute(stmt, dict(row)).first() is not None
     try:
         with conn.begin_nested():
-            conn.execute(table.insert().values(row))
+            conn.execute(table.insert(), dict(row))
     except sa_exc.IntegrityError:
         return False
     return True
+
+
+def insert_all_ignoring_conflict(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert each of ``rows`` that breaks no unique key, in one ``executemany`` of one statement
+    (rows with the same key as an existing row, or as an earlier row, are left out)."""
+    if not rows:
+        return
+    stmt = _insert_or_ignore(conn.dialect.name, table, returning=False)
+    if stmt is None:
+        for row in rows:
+            insert_ignoring_conflict(conn, table, row)
+        return
+    conn.execute(stmt, [dict(row) for row in rows])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from fhir_service.cds.feedback import FeedbackItem, parse_feedback
 from fhir_service.errors import ServiceUnavailable
@@ -235,6 +235,35 @@ class StoreContract:
             "c-1": "hook-1",
             "c-2": "hook-1",
         }
+
+    def test_record_cards_writes_a_mixed_batch_in_one_statement(
+        self, make_store: MakeStore
+    ) -> None:
+        """New cards beside already-recorded ones: one INSERT (executemany) per answer."""
+        store = make_store()
+        store.record_cards(SERVICE, "hook-1", [card("c-1", "MS-01")], ISSUED_AT)
+        inserts: list[bool] = []
+
+        def seen(*args: Any) -> None:
+            statement, executemany = args[2], args[5]
+            if statement.lstrip().upper().startswith("INSERT"):
+                inserts.append(executemany)
+
+        event.listen(store.engine, "before_cursor_execute", seen)
+        try:
+            batch = [card("c-1", "RF-03"), card("c-2", "RF-03"), card("c-3", "MS-01", "s-1")]
+            store.record_cards(SERVICE, "hook-2", batch, ISSUED_AT)
+        finally:
+            event.remove(store.engine, "before_cursor_execute", seen)
+        assert inserts == [True]
+        recorded = {r["card_uuid"]: r for r in rows(store, issued_cards)}
+        assert {uuid: r["hook_instance"] for uuid, r in recorded.items()} == {
+            "c-1": "hook-1",
+            "c-2": "hook-2",
+            "c-3": "hook-2",
+        }
+        assert recorded["c-1"]["rule_id"] == "MS-01"
+        assert json.loads(recorded["c-3"]["suggestion_uuids"]) == ["s-1"]
 
     # -- unmatched ----------------------------------------------------------------------------
 
