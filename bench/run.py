@@ -17,7 +17,8 @@ What it does, in one run, so that ratios compare like with like:
    the servers' logs for the tokens and patient identifiers sent, and prints the table and the
    verdict of each target; the JSON goes to ``var/bench/results-<time>.json``.
 
-Options: ``--quick`` (a smoke run, ~30 s), ``--seed``, ``--out``.
+Options: ``--quick`` (a smoke run, ~30 s), ``--seed``, ``--out``, ``--only two-workers`` (only
+the two-worker server and its section of step 3, with its targets; no profile).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def snapshot_definitions(work: Path) -> tuple[Path, str]:
 
 
 def start_servers(
-    work: Path, definitions: Path, issuer: Issuer, cpu: int | None
+    work: Path, definitions: Path, issuer: Issuer, cpu: int | None, only: str | None = None
 ) -> dict[str, Server]:
     common = {
         "FHIR_SERVICE_DEFINITIONS_DIR": str(definitions),
@@ -144,6 +145,8 @@ def start_servers(
         "FHIR_SERVICE_DATABASE_URL": f"sqlite:///{work / 'jwt2.db'}",
     }
     servers[TWO_WORKERS] = workers
+    if only == "two-workers":
+        servers = {TWO_WORKERS: workers}
     started: list[Server] = []
     try:
         for server in servers.values():
@@ -177,6 +180,7 @@ async def measure(
     requests: dict[str, tuple[str, HookRequest]],
     issuer: Issuer,
     quick: bool,
+    only: str | None = None,
 ) -> list[Result]:
     results: list[Result] = []
     scale = 0.2 if quick else 1.0
@@ -228,6 +232,10 @@ async def measure(
 
     plan: list[tuple[str, str, bytes | None]] = [("discovery", "/cds-services", None)]
     plan += [(case, f"/cds-services/{sid}", req.encode()) for case, (sid, req) in requests.items()]
+    pv100 = next(p for p in plan if p[0] == "patient-view r100")
+    if only == "two-workers":
+        await two_workers(one, servers[TWO_WORKERS], pv100)
+        return results
     log("concurrency 1:")
     for case, path, body in plan:
         for name in SERVERS:  # interleaved so that drift hits every server alike
@@ -238,7 +246,6 @@ async def measure(
             for name in SERVERS:
                 await one(servers[name], case, path, body, 8)
     log("discovery while patient-view r100 runs at concurrency 4 (P6):")
-    pv100 = next(p for p in plan if p[0] == "patient-view r100")
     server = servers["service+jwt"]
     background, foreground = await asyncio.gather(
         one(
@@ -255,11 +262,14 @@ async def measure(
     )
     del background
     del foreground
+    await two_workers(one, servers[TWO_WORKERS], pv100)
+    return results
+
+
+async def two_workers(one: Any, server: Server, pv100: tuple[str, str, bytes | None]) -> None:
     log("two workers (not pinned): patient-view r100 at concurrency 8, discovery during it:")
-    server = servers[TWO_WORKERS]
     await one(server, "discovery", "/cds-services", None, 1)
     await gather_throughput(one, server, pv100)
-    return results
 
 
 async def gather_throughput(one: Any, server: Server, pv100: tuple[str, str, bytes | None]) -> None:
@@ -277,10 +287,11 @@ def find(results: list[Result], case: str, server: str, conc: int) -> Result:
     raise KeyError((case, server, conc))
 
 
-def verdicts(results: list[Result], prof: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def verdicts(
+    results: list[Result], prof: dict[str, Any] | None = None, only: str | None = None
+) -> list[dict[str, Any]]:
     """Each target of issue #14 (P1 tightened: 8x the floor, p99 100 ms, r1000 6x) as a
-    ratio or figure measured in this run."""
-    floor100 = find(results, "patient-view r100", "floor", 1)
+    ratio or figure measured in this run (with ``only``, the targets of that section)."""
     out: list[dict[str, Any]] = []
 
     def add(goal: str, measured: float, limit: float, unit: str, *, at_least: bool = False) -> None:
@@ -302,6 +313,26 @@ def verdicts(results: list[Result], prof: dict[str, Any] | None = None) -> list[
             }
         )
 
+    if only != "two-workers":
+        single_worker_verdicts(results, prof, add)
+    c8two = find(results, "patient-view r100", TWO_WORKERS, 8)
+    add(
+        "throughput r100 c=8, 2 workers, service+jwt (at least)",
+        c8two.throughput,
+        150.0,
+        "req/s",
+        at_least=True,
+    )
+    loaded2 = find(results, "discovery under c=8 load", TWO_WORKERS, 1)
+    add("discovery p99 during r100 load at c=8, 2 workers", loaded2.p99, 50.0, "ms")
+    errors8 = sum(r.errors for r in results if r.concurrency == 8)
+    add("no error under 8 concurrent clients", float(errors8), 0.0, "errors")
+    return out
+
+
+def single_worker_verdicts(results: list[Result], prof: dict[str, Any] | None, add: Any) -> None:
+    """The targets measured on the one-worker servers and the in-process profile."""
+    floor100 = find(results, "patient-view r100", "floor", 1)
     for server in ("service+jwt", "service"):
         pv100 = find(results, "patient-view r100", server, 1)
         pv1000 = find(results, "patient-view r1000", server, 1)
@@ -328,23 +359,10 @@ def verdicts(results: list[Result], prof: dict[str, Any] | None = None) -> list[
         "req/s",
         at_least=True,
     )
-    c8two = find(results, "patient-view r100", TWO_WORKERS, 8)
-    add(
-        "throughput r100 c=8, 2 workers, service+jwt (at least)",
-        c8two.throughput,
-        150.0,
-        "req/s",
-        at_least=True,
-    )
     disc = find(results, "discovery", "service+jwt", 1)
     add("P5 discovery p99 c=1, service+jwt", disc.p99, 5.0, "ms")
     loaded = find(results, "discovery under load", "service+jwt", 1)
     add("P6 discovery p99 during r100 load at c=4, 1 worker, service+jwt", loaded.p99, 50.0, "ms")
-    loaded2 = find(results, "discovery under c=8 load", TWO_WORKERS, 1)
-    add("discovery p99 during r100 load at c=8, 2 workers", loaded2.p99, 50.0, "ms")
-    errors8 = sum(r.errors for r in results if r.concurrency == 8)
-    add("no error under 8 concurrent clients", float(errors8), 0.0, "errors")
-    return out
 
 
 def check_logs(servers: dict[str, Server], secrets: list[str]) -> list[str]:
@@ -378,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--only", choices=["two-workers"], help="run one section (its servers and targets)"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     info = machine()
@@ -390,11 +411,14 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         definitions, digest = snapshot_definitions(work)
         info["definitions"] = digest
-        servers = start_servers(work, definitions, issuer, cpu_server)
+        servers = start_servers(work, definitions, issuer, cpu_server, args.only)
         try:
-            discovery = httpx.get(servers["service"].base_url + "/cds-services").json()
+            # the service's answers, from the server without JWT (or the only one started)
+            first = servers.get("service") or servers[TWO_WORKERS]
+            auth = next(issuer.tokens(first.base_url + "/cds-services", 1))
+            discovery = httpx.get(first.base_url + "/cds-services", headers=auth).json()
             requests = cases(discovery, args.seed, definitions)
-            ready = httpx.get(servers["service"].base_url + "/readyz").json()
+            ready = httpx.get(first.base_url + "/readyz").json()
             info["artifacts"] = ready.get("artifacts")
             info["plan_definitions"] = sum(1 for p in definitions.glob("PlanDefinition-*.json"))
             keys = {s["id"]: sorted(s.get("prefetch", {})) for s in discovery["services"]}
@@ -408,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{len(req.encode())} bytes"
                 )
             memory_start = {name: s.memory() for name, s in servers.items()}
-            results = asyncio.run(measure(servers, requests, issuer, args.quick))
+            results = asyncio.run(measure(servers, requests, issuer, args.quick, args.only))
             memory_end = {name: s.memory() for name, s in servers.items()}
         finally:
             for server in servers.values():
@@ -418,13 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         if cpu_server is not None:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         prof: dict[str, Any] = {}
-        if not args.no_profile:
+        if not args.no_profile and args.only is None:
             raw = requests["patient-view r100"][1].encode()
             prof = profile.run(NOW, PV, raw, log, definitions)
             raw1000 = requests["patient-view r1000"][1].encode()
             prof["r1000_stages_ms"] = profile.run(NOW, PV, raw1000, log, definitions)["stages_ms"]
     info["loadavg_end"] = loadavg()
-    checks = verdicts(results, prof)
+    checks = verdicts(results, prof, args.only)
     log("\n" + table(results))
     log("\nRSS KiB (start → end, peak): " + json.dumps({"start": memory_start, "end": memory_end}))
     log(f"load average at start {info.get('loadavg_start')}, at end {info.get('loadavg_end')}")
