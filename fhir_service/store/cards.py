@@ -48,7 +48,8 @@ def record_cards(
                 "issued_at": utc(issued_at),
             },
         )
-    with db.transaction("record cards", write=True) as conn:
+    # one statement: on SQLite it holds the write lock only while it runs
+    with db.single_statements("record cards") as conn:
         insert_all_ignoring_conflict(conn, issued_cards, list(rows.values()))
 
 

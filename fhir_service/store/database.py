@@ -18,7 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, Engine, Executable, Table, create_engine, event, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    Insert,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -30,8 +40,10 @@ from fhir_service.store.schema import metadata
 
 log = logging.getLogger(__name__)
 
-# Execution option read by the SQLite ``begin`` hook: the BEGIN flavour of a transaction.
+# Execution option read by the SQLite ``begin`` hook: the BEGIN flavour of a transaction, or
+# ``_AUTOCOMMIT`` for none (each statement is then its own transaction).
 _SQLITE_BEGIN = "fhir_service_sqlite_begin"
+_AUTOCOMMIT = "AUTOCOMMIT"
 
 
 class StoreUnavailable(ServiceUnavailable):
@@ -133,7 +145,8 @@ class Database:
             # IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so a
             # read-then-write transaction never fails on a lock upgrade.
             mode = conn.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            if mode != _AUTOCOMMIT:
+                conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
 
@@ -199,10 +212,11 @@ class Database:
             self._schema_ready = True
 
     @contextmanager
-    def _begin(self, *, write: bool) -> Iterator[Connection]:
+    def _begin(self, *, write: bool, autocommit: bool = False) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             if write:
-                conn = conn.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+                mode = _AUTOCOMMIT if autocommit else "IMMEDIATE"
+                conn = conn.execution_options(**{_SQLITE_BEGIN: mode})
             with conn.begin():
                 yield conn
 
@@ -215,6 +229,27 @@ class Database:
         """
         self.ensure_schema()
         with self._guard(operation), self._begin(write=write) as conn:
+            yield conn
+
+    @contextmanager
+    def single_statements(self, operation: str) -> Iterator[Connection]:
+        """Writes that are each correct on their own: on SQLite each statement is its own
+        transaction (no ``BEGIN``), elsewhere they share one transaction.
+
+        A SQLite ``BEGIN IMMEDIATE`` holds the database's one write lock from ``BEGIN`` to
+        ``COMMIT``, across every Python step in between; a thread that waits for the GIL there
+        (while rule evaluation holds it) keeps every other writer of every worker process
+        waiting, and SQLite's busy handler makes them sleep in growing steps. A statement
+        alone takes and releases the lock inside the SQLite library, where the GIL is released
+        (https://www.sqlite.org/lang_transaction.html, "Transactions": autocommit). So a
+        statement here must not ``RETURNING`` rows (the transaction would stay open until
+        they are fetched): read ``rowcount`` instead.
+
+        Raises:
+            StoreUnavailable: The database cannot be reached or written.
+        """
+        self.ensure_schema()
+        with self._guard(operation), self._begin(write=True, autocommit=True) as conn:
             yield conn
 
     def ping(self) -> None:
@@ -231,48 +266,82 @@ class Database:
         self.engine.dispose()
 
 
-@functools.cache
-def _insert_or_ignore(dialect: str, table: Table, *, returning: bool) -> Executable | None:
-    """``INSERT .. ON CONFLICT DO NOTHING`` for ``table``, built once per dialect and table.
+def _on_conflict_do_nothing(dialect: str, table: Table) -> Insert | None:
+    """``INSERT .. ON CONFLICT DO NOTHING`` for ``table``; None for a dialect without it."""
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if dialect == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing()
+    return None
 
-    The statement names no values: each execution binds its rows as parameters, so SQLAlchemy
-    compiles it once (its compiled cache) instead of coercing every value of every row into a
-    new statement. ``returning`` adds ``RETURNING`` of the first primary-key column. None for a
-    dialect without ``ON CONFLICT`` (SQLite and PostgreSQL have it).
+
+@functools.cache
+def _insert_one_or_ignore(dialect: str, table: Table) -> Executable | None:
+    """The statement of :func:`insert_ignoring_conflict`, built once per dialect and table.
+
+    It names no values: each execution binds its row as parameters, so SQLAlchemy compiles it
+    once (its compiled cache) instead of coercing every value into a new statement. SQLite
+    counts the row through ``rowcount`` (its ``sqlite3_changes()``), so that the statement
+    stands alone (:meth:`Database.single_statements`); PostgreSQL through ``RETURNING`` of the
+    first primary-key column.
     """
-    if dialect not in ("sqlite", "postgresql"):
+    stmt = _on_conflict_do_nothing(dialect, table)
+    if stmt is None or dialect == "sqlite":
+        return stmt
+    return stmt.returning(next(iter(table.primary_key.columns)))
+
+
+# Most rows in one multi-row INSERT (SQLite allows 32,766 parameters per statement).
+_ROWS_PER_STATEMENT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_rows_or_ignore(
+    dialect: str, table: Table, columns: tuple[str, ...], count: int
+) -> Executable | None:
+    """One ``INSERT .. VALUES (..), (..) ON CONFLICT DO NOTHING`` of ``count`` rows, whose
+    values are parameters ``<column>_<row>`` typed like their columns."""
+    stmt = _on_conflict_do_nothing(dialect, table)
+    if stmt is None:
         return None
-    insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    stmt = insert(table).on_conflict_do_nothing()
-    if returning:
-        return stmt.returning(next(iter(table.primary_key.columns)))
-    return stmt
+    rows = [
+        {c: bindparam(f"{c}_{n}", type_=table.c[c].type) for c in columns} for n in range(count)
+    ]
+    return stmt.values(rows)
 
 
 def insert_ignoring_conflict(conn: Connection, table: Table, row: Mapping[str, Any]) -> bool:
     """Insert ``row`` unless it breaks a unique key; True when a row was inserted."""
-    stmt = _insert_or_ignore(conn.dialect.name, table, returning=True)
-    if stmt is not None:
-        # RETURNING gives the inserted row only (INSERT's rowcount is not reliable here).
-        return conn.execute(stmt, dict(row)).first() is not None
-    try:
-        with conn.begin_nested():
-            conn.execute(table.insert(), dict(row))
-    except sa_exc.IntegrityError:
-        return False
-    return True
+    dialect = conn.dialect.name
+    stmt = _insert_one_or_ignore(dialect, table)
+    if stmt is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert(), dict(row))
+        except sa_exc.IntegrityError:
+            return False
+        return True
+    result = conn.execute(stmt, dict(row))
+    if dialect == "sqlite":
+        return result.rowcount == 1
+    return result.first() is not None
 
 
 def insert_all_ignoring_conflict(
     conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Insert each of ``rows`` that breaks no unique key, in one ``executemany`` of one statement
-    (rows with the same key as an existing row, or as an earlier row, are left out)."""
+    """Insert each of ``rows`` (all with the same keys) that breaks no unique key, in one
+    multi-row statement (per 500 rows); a row with the key of an existing row, or of an
+    earlier row, is left out."""
     if not rows:
         return
-    stmt = _insert_or_ignore(conn.dialect.name, table, returning=False)
-    if stmt is None:
-        for row in rows:
-            insert_ignoring_conflict(conn, table, row)
-        return
-    conn.execute(stmt, [dict(row) for row in rows])
+    columns = tuple(rows[0])
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        stmt = _insert_rows_or_ignore(conn.dialect.name, table, columns, len(chunk))
+        if stmt is None:
+            for row in chunk:
+                insert_ignoring_conflict(conn, table, row)
+            continue
+        params = {f"{c}_{n}": row[c] for n, row in enumerate(chunk) for c in columns}
+        conn.execute(stmt, params)
