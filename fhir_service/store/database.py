@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     Engine,
     Executable,
     Insert,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -297,17 +299,26 @@ _ROWS_PER_STATEMENT = 500
 
 @functools.lru_cache(maxsize=64)
 def _insert_rows_or_ignore(
-    dialect: str, table: Table, columns: tuple[str, ...], count: int
+    dialect: Dialect, table: Table, columns: tuple[str, ...], count: int
 ) -> Executable | None:
     """One ``INSERT .. VALUES (..), (..) ON CONFLICT DO NOTHING`` of ``count`` rows, whose
-    values are parameters ``<column>_<row>`` typed like their columns."""
-    stmt = _on_conflict_do_nothing(dialect, table)
-    if stmt is None:
+    values are parameters ``<column>_<row>`` typed like their columns (so that e.g.
+    ``UtcDateTime`` still converts them).
+
+    Written as text because SQLAlchemy compiles a multi-row ``Insert.values()`` anew at every
+    execution (it is kept out of its compiled cache); the text is built once per row count,
+    with names quoted by the dialect. SQLite and PostgreSQL share this syntax.
+    """
+    if dialect.name not in ("sqlite", "postgresql"):
         return None
-    rows = [
-        {c: bindparam(f"{c}_{n}", type_=table.c[c].type) for c in columns} for n in range(count)
-    ]
-    return stmt.values(rows)
+    quote = dialect.identifier_preparer.quote
+    rows = ", ".join("(" + ", ".join(f":{c}_{n}" for c in columns) + ")" for n in range(count))
+    sql = (
+        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+        f"({', '.join(quote(c) for c in columns)}) VALUES {rows} ON CONFLICT DO NOTHING"
+    )
+    params = [bindparam(f"{c}_{n}", type_=table.c[c].type) for n in range(count) for c in columns]
+    return text(sql).bindparams(*params)
 
 
 def insert_ignoring_conflict(conn: Connection, table: Table, row: Mapping[str, Any]) -> bool:
@@ -338,7 +349,7 @@ def insert_all_ignoring_conflict(
     columns = tuple(rows[0])
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         chunk = rows[start : start + _ROWS_PER_STATEMENT]
-        stmt = _insert_rows_or_ignore(conn.dialect.name, table, columns, len(chunk))
+        stmt = _insert_rows_or_ignore(conn.dialect, table, columns, len(chunk))
         if stmt is None:
             for row in chunk:
                 insert_ignoring_conflict(conn, table, row)
