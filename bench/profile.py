@@ -1,7 +1,7 @@
 """Where one CDS Hooks call spends its CPU: per stage, per rule, and cProfile's top functions.
 
 Runs in process, in the calling thread (cProfile sees one thread only), the same steps the
-route runs: ``orjson.loads`` → the body's nesting-depth check (``api.body.json_depth``) →
+route runs: ``orjson.loads`` → the body's nesting-depth check (``api.body.body_depth``) →
 ``parse_hook_call`` → ``complete_prefetch`` → ``build_call_data`` → ``evaluate_service`` →
 ``orjson.dumps`` → recording the issued cards (the route's background task; this stage is
 process CPU, as the store works in a worker thread, and it re-records the same
@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from fhir_service.api.body import json_depth
+from fhir_service.api.body import body_depth
 from fhir_service.api.cds_hooks import _remember
 from fhir_service.cds.invoke import build_call_data, evaluate_service, parse_hook_call
 from fhir_service.cds.prefetch import PrefetchRequest, complete_prefetch
@@ -65,7 +65,7 @@ def _stages(runtime: Runtime, service_id: str, raw: bytes) -> dict[str, float]:
     t0 = clock()
     body = orjson.loads(raw)
     t1 = clock()
-    json_depth(body, runtime.settings.max_json_depth)
+    body_depth(raw, body, runtime.settings.max_json_depth)
     t1d = clock()
     call = parse_hook_call(body, service)
     t2 = clock()

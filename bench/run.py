@@ -12,12 +12,16 @@ What it does, in one run, so that ratios compare like with like:
    (``bench.generator``): patient-view with 10, 100 and 1,000 resources, order-sign with 100;
 3. measures each case on each server at concurrency 1 (p50/p99), then patient-view r100 and
    discovery at concurrency 8 (throughput, errors), then on two workers patient-view r100 from 8
-   clients with discovery from a ninth meanwhile; every loop bounded in count and time;
+   clients with discovery from a ninth meanwhile; every loop bounded in count and time; the
+   discovery client that runs during a load runs in its own process (``bench.probe``): in the
+   driver's event loop its latency included the driver's queueing behind the load clients
+   (p50 40-115 ms there against 5-16 ms from a process of its own, same server, same time);
 4. reads the servers' RSS, profiles one 100-resource call in process (``bench.profile``), checks
    the servers' logs for the tokens and patient identifiers sent, and prints the table and the
    verdict of each target; the JSON goes to ``var/bench/results-<time>.json``.
 
-Options: ``--quick`` (a smoke run, ~30 s), ``--seed``, ``--out``.
+Options: ``--quick`` (a smoke run, ~30 s), ``--seed``, ``--out``, ``--only two-workers`` (only
+the two-worker server and its section of step 3, with its targets; no profile).
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ def snapshot_definitions(work: Path) -> tuple[Path, str]:
 
 
 def start_servers(
-    work: Path, definitions: Path, issuer: Issuer, cpu: int | None
+    work: Path, definitions: Path, issuer: Issuer, cpu: int | None, only: str | None = None
 ) -> dict[str, Server]:
     common = {
         "FHIR_SERVICE_DEFINITIONS_DIR": str(definitions),
@@ -144,6 +148,8 @@ def start_servers(
         "FHIR_SERVICE_DATABASE_URL": f"sqlite:///{work / 'jwt2.db'}",
     }
     servers[TWO_WORKERS] = workers
+    if only == "two-workers":
+        servers = {TWO_WORKERS: workers}
     started: list[Server] = []
     try:
         for server in servers.values():
@@ -177,6 +183,7 @@ async def measure(
     requests: dict[str, tuple[str, HookRequest]],
     issuer: Issuer,
     quick: bool,
+    only: str | None = None,
 ) -> list[Result]:
     results: list[Result] = []
     scale = 0.2 if quick else 1.0
@@ -226,8 +233,45 @@ async def measure(
             results.append(result)
         return result
 
+    async def probe(server: Server, case: str, seconds: float) -> Result:
+        """Discovery from its own process (``bench.probe``) for ``seconds``."""
+        url = server.base_url + "/cds-services"
+        count = int(300 * scale) or 10
+        with tempfile.NamedTemporaryFile("w", suffix=".tokens", encoding="utf-8") as fh:
+            if server.name.startswith("service+jwt"):
+                fh.write("\n".join(issuer.token(url) for _ in range(count + 3)))
+                fh.flush()
+            process = await asyncio.create_subprocess_exec(  # on every core, as a client would
+                sys.executable,
+                "-m",
+                "bench.probe",
+                url,
+                str(seconds * scale),
+                fh.name,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                preexec_fn=lambda: os.sched_setaffinity(0, range(os.cpu_count() or 1)),  # noqa: PLW1509
+            )
+            out, _ = await process.communicate()
+        answer = json.loads(out)
+        result = Result(f"{case} @ {server.name}", 1, latencies=answer["latencies"])
+        result.errors = len(answer["failures"])
+        result.error_samples = answer["failures"][:3]
+        result.elapsed = seconds * scale
+        s = result.summary()
+        log(
+            f"  {result.name:<42} c=1 n={s['requests']:>4} err={s['errors']} "
+            f"p50={s['p50_ms']:>8.2f} ms p99={s['p99_ms']:>8.2f} ms (own process)"
+        )
+        results.append(result)
+        return result
+
     plan: list[tuple[str, str, bytes | None]] = [("discovery", "/cds-services", None)]
     plan += [(case, f"/cds-services/{sid}", req.encode()) for case, (sid, req) in requests.items()]
+    pv100 = next(p for p in plan if p[0] == "patient-view r100")
+    if only == "two-workers":
+        await two_workers(one, probe, servers[TWO_WORKERS], pv100)
+        return results
     log("concurrency 1:")
     for case, path, body in plan:
         for name in SERVERS:  # interleaved so that drift hits every server alike
@@ -238,7 +282,6 @@ async def measure(
             for name in SERVERS:
                 await one(servers[name], case, path, body, 8)
     log("discovery while patient-view r100 runs at concurrency 4 (P6):")
-    pv100 = next(p for p in plan if p[0] == "patient-view r100")
     server = servers["service+jwt"]
     background, foreground = await asyncio.gather(
         one(
@@ -251,22 +294,23 @@ async def measure(
             cpu=False,
             record=False,
         ),
-        one(server, "discovery under load", "/cds-services", None, 1, seconds=10.0, cpu=False),
+        probe(server, "discovery under load", 10.0),
     )
     del background
     del foreground
-    log("two workers (not pinned): patient-view r100 at concurrency 8, discovery during it:")
-    server = servers[TWO_WORKERS]
-    await one(server, "discovery", "/cds-services", None, 1)
-    await gather_throughput(one, server, pv100)
+    await two_workers(one, probe, servers[TWO_WORKERS], pv100)
     return results
 
 
-async def gather_throughput(one: Any, server: Server, pv100: tuple[str, str, bytes | None]) -> None:
+async def two_workers(
+    one: Any, probe: Any, server: Server, pv100: tuple[str, str, bytes | None]
+) -> None:
     """Patient-view r100 from 8 clients, and discovery from a ninth client meanwhile."""
+    log("two workers (not pinned): patient-view r100 at concurrency 8, discovery during it:")
+    await one(server, "discovery", "/cds-services", None, 1)
     await asyncio.gather(
         one(server, "patient-view r100", pv100[1], pv100[2], 8, seconds=12.0),
-        one(server, "discovery under c=8 load", "/cds-services", None, 1, seconds=12.0, cpu=False),
+        probe(server, "discovery under c=8 load", 12.0),
     )
 
 
@@ -277,10 +321,11 @@ def find(results: list[Result], case: str, server: str, conc: int) -> Result:
     raise KeyError((case, server, conc))
 
 
-def verdicts(results: list[Result], prof: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def verdicts(
+    results: list[Result], prof: dict[str, Any] | None = None, only: str | None = None
+) -> list[dict[str, Any]]:
     """Each target of issue #14 (P1 tightened: 8x the floor, p99 100 ms, r1000 6x) as a
-    ratio or figure measured in this run."""
-    floor100 = find(results, "patient-view r100", "floor", 1)
+    ratio or figure measured in this run (with ``only``, the targets of that section)."""
     out: list[dict[str, Any]] = []
 
     def add(goal: str, measured: float, limit: float, unit: str, *, at_least: bool = False) -> None:
@@ -302,6 +347,26 @@ def verdicts(results: list[Result], prof: dict[str, Any] | None = None) -> list[
             }
         )
 
+    if only != "two-workers":
+        single_worker_verdicts(results, prof, add)
+    c8two = find(results, "patient-view r100", TWO_WORKERS, 8)
+    add(
+        "throughput r100 c=8, 2 workers, service+jwt (at least)",
+        c8two.throughput,
+        150.0,
+        "req/s",
+        at_least=True,
+    )
+    loaded2 = find(results, "discovery under c=8 load", TWO_WORKERS, 1)
+    add("discovery p99 during r100 load at c=8, 2 workers", loaded2.p99, 50.0, "ms")
+    errors8 = sum(r.errors for r in results if r.concurrency == 8)
+    add("no error under 8 concurrent clients", float(errors8), 0.0, "errors")
+    return out
+
+
+def single_worker_verdicts(results: list[Result], prof: dict[str, Any] | None, add: Any) -> None:
+    """The targets measured on the one-worker servers and the in-process profile."""
+    floor100 = find(results, "patient-view r100", "floor", 1)
     for server in ("service+jwt", "service"):
         pv100 = find(results, "patient-view r100", server, 1)
         pv1000 = find(results, "patient-view r1000", server, 1)
@@ -328,23 +393,10 @@ def verdicts(results: list[Result], prof: dict[str, Any] | None = None) -> list[
         "req/s",
         at_least=True,
     )
-    c8two = find(results, "patient-view r100", TWO_WORKERS, 8)
-    add(
-        "throughput r100 c=8, 2 workers, service+jwt (at least)",
-        c8two.throughput,
-        150.0,
-        "req/s",
-        at_least=True,
-    )
     disc = find(results, "discovery", "service+jwt", 1)
     add("P5 discovery p99 c=1, service+jwt", disc.p99, 5.0, "ms")
     loaded = find(results, "discovery under load", "service+jwt", 1)
     add("P6 discovery p99 during r100 load at c=4, 1 worker, service+jwt", loaded.p99, 50.0, "ms")
-    loaded2 = find(results, "discovery under c=8 load", TWO_WORKERS, 1)
-    add("discovery p99 during r100 load at c=8, 2 workers", loaded2.p99, 50.0, "ms")
-    errors8 = sum(r.errors for r in results if r.concurrency == 8)
-    add("no error under 8 concurrent clients", float(errors8), 0.0, "errors")
-    return out
 
 
 def check_logs(servers: dict[str, Server], secrets: list[str]) -> list[str]:
@@ -378,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--only", choices=["two-workers"], help="run one section (its servers and targets)"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     info = machine()
@@ -390,11 +445,14 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         definitions, digest = snapshot_definitions(work)
         info["definitions"] = digest
-        servers = start_servers(work, definitions, issuer, cpu_server)
+        servers = start_servers(work, definitions, issuer, cpu_server, args.only)
         try:
-            discovery = httpx.get(servers["service"].base_url + "/cds-services").json()
+            # the service's answers, from the server without JWT (or the only one started)
+            first = servers.get("service") or servers[TWO_WORKERS]
+            auth = next(issuer.tokens(first.base_url + "/cds-services", 1))
+            discovery = httpx.get(first.base_url + "/cds-services", headers=auth).json()
             requests = cases(discovery, args.seed, definitions)
-            ready = httpx.get(servers["service"].base_url + "/readyz").json()
+            ready = httpx.get(first.base_url + "/readyz").json()
             info["artifacts"] = ready.get("artifacts")
             info["plan_definitions"] = sum(1 for p in definitions.glob("PlanDefinition-*.json"))
             keys = {s["id"]: sorted(s.get("prefetch", {})) for s in discovery["services"]}
@@ -408,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{len(req.encode())} bytes"
                 )
             memory_start = {name: s.memory() for name, s in servers.items()}
-            results = asyncio.run(measure(servers, requests, issuer, args.quick))
+            results = asyncio.run(measure(servers, requests, issuer, args.quick, args.only))
             memory_end = {name: s.memory() for name, s in servers.items()}
         finally:
             for server in servers.values():
@@ -418,13 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         if cpu_server is not None:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         prof: dict[str, Any] = {}
-        if not args.no_profile:
+        if not args.no_profile and args.only is None:
             raw = requests["patient-view r100"][1].encode()
             prof = profile.run(NOW, PV, raw, log, definitions)
             raw1000 = requests["patient-view r1000"][1].encode()
             prof["r1000_stages_ms"] = profile.run(NOW, PV, raw1000, log, definitions)["stages_ms"]
     info["loadavg_end"] = loadavg()
-    checks = verdicts(results, prof)
+    checks = verdicts(results, prof, args.only)
     log("\n" + table(results))
     log("\nRSS KiB (start → end, peak): " + json.dumps({"start": memory_start, "end": memory_end}))
     log(f"load average at start {info.get('loadavg_start')}, at end {info.get('loadavg_end')}")

@@ -116,8 +116,9 @@ class Server:
         cpu = self.cpu
 
         def pin() -> None:  # runs in the child before exec
-            if cpu is not None:
-                os.sched_setaffinity(0, {cpu})
+            # an unpinned server gets every core: the child would otherwise inherit the
+            # driver's own pinning (bench.run pins itself before it starts the servers)
+            os.sched_setaffinity(0, {cpu} if cpu is not None else range(os.cpu_count() or 1))
 
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)

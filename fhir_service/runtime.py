@@ -5,6 +5,7 @@ Tests build a ``Runtime`` with their own clock, id factory, HTTP transport and s
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,6 +13,7 @@ from http.cookiejar import DefaultCookiePolicy
 
 import anyio
 import httpx
+import orjson
 
 from fhir_service.cds.smart_link import assessment_questionnaires
 from fhir_service.clients import FhirFetcher
@@ -45,6 +47,14 @@ class Runtime:
     verifier: ClientVerifier | None = None
     #: rule url → (Questionnaire canonical, title) the SMART app opens (cds/smart_link.py)
     assessments: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def discovery_json(self) -> bytes:
+        """The CDS Hooks discovery document (https://cds-hooks.hl7.org/2.0/#discovery), one
+        entry per service in id order, serialised once: the services never change after
+        start-up, and discovery must stay fast while rule evaluation holds the CPU."""
+        services = [s.discovery() for s in sorted(self.services.values(), key=lambda s: s.id)]
+        return orjson.dumps({"services": services})
 
     @property
     def fhir_base(self) -> str:

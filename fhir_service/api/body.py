@@ -45,6 +45,36 @@ def json_depth(value: Any, limit: int) -> int:
     return depth
 
 
+# What the byte scan of :func:`body_depth` keeps: quotes and the container brackets.
+_NOT_QUOTE_OR_BRACKET = bytes(b for b in range(256) if b not in b'"[]{}')
+_BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+
+
+def body_depth(raw: bytes, value: Any, limit: int) -> int:
+    """:func:`json_depth` of ``value``, the JSON document ``raw`` parsed, counted on the bytes
+    by C-level scans, a few times cheaper than walking the parsed tree.
+
+    Escapes go first (``\\\\`` then ``\\"``, left to right as JSON reads them), so every quote
+    left opens or closes a string; every byte but quotes and brackets goes; what lies between
+    a quote and the next is string content (FHIR text often holds brackets: ``[Score]``,
+    ``{score}``) and goes. Only the containers' brackets are left, and each pass that removes
+    every innermost ``[]`` pair is one level.
+    """
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside_strings = unescaped.translate(None, _NOT_QUOTE_OR_BRACKET).split(b'"')[::2]
+    brackets = b"".join(outside_strings).translate(_BRACES_AS_BRACKETS)
+    depth = 0
+    while brackets:
+        depth += 1
+        if depth > limit:
+            return depth
+        inner = brackets.replace(b"[]", b"")
+        if len(inner) == len(brackets):  # unbalanced: not the JSON that was parsed
+            return json_depth(value, limit)
+        brackets = inner
+    return depth
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -66,7 +96,7 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if json_depth(value, max_depth) > max_depth:
+    if body_depth(raw, value, max_depth) > max_depth:
         raise InvalidRequest(f"JSON nesting deeper than {max_depth} levels")
     return value
 

@@ -44,9 +44,8 @@ ServiceDep = Annotated[CdsService, Depends(cds_service)]
 @router.get("/cds-services", response_class=JsonResponse)
 @router.get("/cds-services/", response_class=JsonResponse, include_in_schema=False)
 async def discovery(runtime: RuntimeDep) -> JsonResponse:
-    """Discovery: one entry per service, generated from the PlanDefinitions."""
-    services = [s.discovery() for s in sorted(runtime.services.values(), key=lambda s: s.id)]
-    return JsonResponse({"services": services})
+    """Discovery: one entry per service, generated from the PlanDefinitions (serialised once)."""
+    return JsonResponse(runtime.discovery_json)
 
 
 @router.post("/cds-services/{service_id}", response_class=JsonResponse)

@@ -18,7 +18,11 @@ class FhirResponse(Response):
 
 
 class JsonResponse(Response):
+    """JSON; ``bytes`` content is taken as JSON serialised already (e.g. discovery)."""
+
     media_type = "application/json; charset=utf-8"
 
     def render(self, content: Any) -> bytes:
+        if isinstance(content, bytes):
+            return content
         return orjson.dumps(content)

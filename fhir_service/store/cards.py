@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from fhir_service.store.database import Database, insert_ignoring_conflict
+from fhir_service.store.database import Database, insert_all_ignoring_conflict
 from fhir_service.store.records import IssuedCard
 from fhir_service.store.schema import clean, issued_cards, utc
 
@@ -48,9 +48,9 @@ def record_cards(
                 "issued_at": utc(issued_at),
             },
         )
-    with db.transaction("record cards", write=True) as conn:
-        for row in rows.values():
-            insert_ignoring_conflict(conn, issued_cards, row)
+    # one statement: on SQLite it holds the write lock only while it runs
+    with db.single_statements("record cards") as conn:
+        insert_all_ignoring_conflict(conn, issued_cards, list(rows.values()))
 
 
 def issued(conn: Connection, service_id: str, cards: set[str]) -> dict[str, tuple[str, str]]:

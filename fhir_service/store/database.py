@@ -10,14 +10,27 @@ beyond the busy timeout, unwritable path) every operation raises :class:`StoreUn
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, select
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    Executable,
+    Insert,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    select,
+    text,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -29,8 +42,10 @@ from fhir_service.store.schema import metadata
 
 log = logging.getLogger(__name__)
 
-# Execution option read by the SQLite ``begin`` hook: the BEGIN flavour of a transaction.
+# Execution option read by the SQLite ``begin`` hook: the BEGIN flavour of a transaction, or
+# ``_AUTOCOMMIT`` for none (each statement is then its own transaction).
 _SQLITE_BEGIN = "fhir_service_sqlite_begin"
+_AUTOCOMMIT = "AUTOCOMMIT"
 
 
 class StoreUnavailable(ServiceUnavailable):
@@ -132,7 +147,8 @@ class Database:
             # IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so a
             # read-then-write transaction never fails on a lock upgrade.
             mode = conn.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            if mode != _AUTOCOMMIT:
+                conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
 
@@ -198,10 +214,11 @@ class Database:
             self._schema_ready = True
 
     @contextmanager
-    def _begin(self, *, write: bool) -> Iterator[Connection]:
+    def _begin(self, *, write: bool, autocommit: bool = False) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             if write:
-                conn = conn.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+                mode = _AUTOCOMMIT if autocommit else "IMMEDIATE"
+                conn = conn.execution_options(**{_SQLITE_BEGIN: mode})
             with conn.begin():
                 yield conn
 
@@ -214,6 +231,27 @@ class Database:
         """
         self.ensure_schema()
         with self._guard(operation), self._begin(write=write) as conn:
+            yield conn
+
+    @contextmanager
+    def single_statements(self, operation: str) -> Iterator[Connection]:
+        """Writes that are each correct on their own: on SQLite each statement is its own
+        transaction (no ``BEGIN``), elsewhere they share one transaction.
+
+        A SQLite ``BEGIN IMMEDIATE`` holds the database's one write lock from ``BEGIN`` to
+        ``COMMIT``, across every Python step in between; a thread that waits for the GIL there
+        (while rule evaluation holds it) keeps every other writer of every worker process
+        waiting, and SQLite's busy handler makes them sleep in growing steps. A statement
+        alone takes and releases the lock inside the SQLite library, where the GIL is released
+        (https://www.sqlite.org/lang_transaction.html, "Transactions": autocommit). So a
+        statement here must not ``RETURNING`` rows (the transaction would stay open until
+        they are fetched): read ``rowcount`` instead.
+
+        Raises:
+            StoreUnavailable: The database cannot be reached or written.
+        """
+        self.ensure_schema()
+        with self._guard(operation), self._begin(write=True, autocommit=True) as conn:
             yield conn
 
     def ping(self) -> None:
@@ -230,18 +268,91 @@ class Database:
         self.engine.dispose()
 
 
+def _on_conflict_do_nothing(dialect: str, table: Table) -> Insert | None:
+    """``INSERT .. ON CONFLICT DO NOTHING`` for ``table``; None for a dialect without it."""
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if dialect == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing()
+    return None
+
+
+@functools.cache
+def _insert_one_or_ignore(dialect: str, table: Table) -> Executable | None:
+    """The statement of :func:`insert_ignoring_conflict`, built once per dialect and table.
+
+    It names no values: each execution binds its row as parameters, so SQLAlchemy compiles it
+    once (its compiled cache) instead of coercing every value into a new statement. SQLite
+    counts the row through ``rowcount`` (its ``sqlite3_changes()``), so that the statement
+    stands alone (:meth:`Database.single_statements`); PostgreSQL through ``RETURNING`` of the
+    first primary-key column.
+    """
+    stmt = _on_conflict_do_nothing(dialect, table)
+    if stmt is None or dialect == "sqlite":
+        return stmt
+    return stmt.returning(next(iter(table.primary_key.columns)))
+
+
+# Most rows in one multi-row INSERT (SQLite allows 32,766 parameters per statement).
+_ROWS_PER_STATEMENT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_rows_or_ignore(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], count: int
+) -> Executable | None:
+    """One ``INSERT .. VALUES (..), (..) ON CONFLICT DO NOTHING`` of ``count`` rows, whose
+    values are parameters ``<column>_<row>`` typed like their columns (so that e.g.
+    ``UtcDateTime`` still converts them).
+
+    Written as text because SQLAlchemy compiles a multi-row ``Insert.values()`` anew at every
+    execution (it is kept out of its compiled cache); the text is built once per row count,
+    with names quoted by the dialect. SQLite and PostgreSQL share this syntax.
+    """
+    if dialect.name not in ("sqlite", "postgresql"):
+        return None
+    quote = dialect.identifier_preparer.quote
+    rows = ", ".join("(" + ", ".join(f":{c}_{n}" for c in columns) + ")" for n in range(count))
+    sql = (
+        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+        f"({', '.join(quote(c) for c in columns)}) VALUES {rows} ON CONFLICT DO NOTHING"
+    )
+    params = [bindparam(f"{c}_{n}", type_=table.c[c].type) for n in range(count) for c in columns]
+    return text(sql).bindparams(*params)
+
+
 def insert_ignoring_conflict(conn: Connection, table: Table, row: Mapping[str, Any]) -> bool:
     """Insert ``row`` unless it breaks a unique key; True when a row was inserted."""
     dialect = conn.dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        insert = sqlite_insert if dialect == "sqlite" else pg_insert
-        key = next(iter(table.primary_key.columns))
-        # RETURNING gives the inserted row only (INSERT's rowcount is not reliable here).
-        stmt = insert(table).values(row).on_conflict_do_nothing().returning(key)
-        return conn.execute(stmt).first() is not None
-    try:
-        with conn.begin_nested():
-            conn.execute(table.insert().values(row))
-    except sa_exc.IntegrityError:
-        return False
-    return True
+    stmt = _insert_one_or_ignore(dialect, table)
+    if stmt is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert(), dict(row))
+        except sa_exc.IntegrityError:
+            return False
+        return True
+    result = conn.execute(stmt, dict(row))
+    if dialect == "sqlite":
+        return result.rowcount == 1
+    return result.first() is not None
+
+
+def insert_all_ignoring_conflict(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert each of ``rows`` (all with the same keys) that breaks no unique key, in one
+    multi-row statement (per 500 rows); a row with the key of an existing row, or of an
+    earlier row, is left out."""
+    if not rows:
+        return
+    columns = tuple(rows[0])
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        stmt = _insert_rows_or_ignore(conn.dialect, table, columns, len(chunk))
+        if stmt is None:
+            for row in chunk:
+                insert_ignoring_conflict(conn, table, row)
+            continue
+        params = {f"{c}_{n}": row[c] for n, row in enumerate(chunk) for c in columns}
+        conn.execute(stmt, params)

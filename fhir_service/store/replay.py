@@ -39,19 +39,25 @@ class ReplayCache:
         exp = max(-_MAX_EXP, min(_MAX_EXP, int(exp)))
         key = digest([iss, jti])
         row = {"digest": key, "iss": clean(iss), "jti": clean(jti), "exp": exp}
-        with self._db.transaction("jti check", write=True) as conn:
-            if insert_ignoring_conflict(conn, jti_cache, row):
-                seen = False
-            else:
-                taken_over = conn.execute(
-                    update(jti_cache)
-                    .where(jti_cache.c.digest == key, jti_cache.c.exp < cutoff)
-                    .values(iss=row["iss"], jti=row["jti"], exp=exp)
-                )
-                seen = taken_over.rowcount == 0
-            if now - self._last_purge >= _PURGE_INTERVAL_SECONDS:
-                self._last_purge = now
+        purge = now - self._last_purge >= _PURGE_INTERVAL_SECONDS
+        if purge:
+            self._last_purge = now
+        # A new jti (nearly every call) is one statement, each correct on its own.
+        with self._db.single_statements("jti check") as conn:
+            fresh = insert_ignoring_conflict(conn, jti_cache, row)
+            if purge:
                 conn.execute(
                     delete(jti_cache).where(jti_cache.c.exp < cutoff, jti_cache.c.digest != key)
                 )
-        return seen
+        if fresh:
+            return False
+        # Seen before: taken over only if its row expired, in one transaction.
+        with self._db.transaction("jti check", write=True) as conn:
+            if insert_ignoring_conflict(conn, jti_cache, row):
+                return False
+            taken_over = conn.execute(
+                update(jti_cache)
+                .where(jti_cache.c.digest == key, jti_cache.c.exp < cutoff)
+                .values(iss=row["iss"], jti=row["jti"], exp=exp)
+            )
+            return taken_over.rowcount == 0

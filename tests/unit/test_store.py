@@ -7,6 +7,7 @@ WAL mode and the "database locked / unwritable" paths that must surface as Store
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from fhir_service.cds.feedback import FeedbackItem, parse_feedback
 from fhir_service.errors import ServiceUnavailable
@@ -78,6 +79,22 @@ def rows(store: SqlStore, table: Any = feedback_rows) -> list[dict[str, Any]]:
 def count(store: SqlStore, table: Any) -> int:
     with store.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+@contextlib.contextmanager
+def statements(store: SqlStore) -> Iterator[list[str]]:
+    """The SQL text of every statement ``store`` sends meanwhile (BEGIN and COMMIT included
+    on SQLite, which sends them as statements)."""
+    sent: list[str] = []
+
+    def seen(*args: Any) -> None:
+        sent.append(args[2])
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        yield sent
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
 
 
 def rule_entry(store: SqlStore, service: str, rule: str) -> dict[str, Any]:
@@ -235,6 +252,34 @@ class StoreContract:
             "c-1": "hook-1",
             "c-2": "hook-1",
         }
+
+    def test_record_cards_writes_a_mixed_batch_in_one_statement(
+        self, make_store: MakeStore
+    ) -> None:
+        """New cards beside already-recorded ones: one INSERT per answer, first record kept."""
+        store = make_store()
+        store.record_cards(SERVICE, "hook-1", [card("c-1", "MS-01")], ISSUED_AT)
+        batch = [card("c-1", "RF-03"), card("c-2", "RF-03"), card("c-3", "MS-01", "s-1")]
+        with statements(store) as sent:
+            store.record_cards(SERVICE, "hook-2", batch, ISSUED_AT)
+        assert [s.split()[0].upper() for s in sent if "cds_issued_card" in s] == ["INSERT"]
+        recorded = {r["card_uuid"]: r for r in rows(store, issued_cards)}
+        assert {uuid: r["hook_instance"] for uuid, r in recorded.items()} == {
+            "c-1": "hook-1",
+            "c-2": "hook-2",
+            "c-3": "hook-2",
+        }
+        assert recorded["c-1"]["rule_id"] == "MS-01"
+        assert recorded["c-3"]["issued_at"] == ISSUED_AT
+        assert json.loads(recorded["c-3"]["suggestion_uuids"]) == ["s-1"]
+
+    def test_record_cards_beyond_one_statement_records_every_card(
+        self, make_store: MakeStore
+    ) -> None:
+        store = make_store()
+        store.record_cards(SERVICE, "h", [card(f"c-{i}") for i in range(1, 1002, 2)], ISSUED_AT)
+        store.record_cards(SERVICE, "h", [card(f"c-{i}") for i in range(1002)], ISSUED_AT)
+        assert count(store, issued_cards) == 1002
 
     # -- unmatched ----------------------------------------------------------------------------
 
@@ -557,6 +602,22 @@ def test_sqlite_data_survives_a_restart(db_path: Path) -> None:
     with SqlStore(url) as store:
         assert rule_entry(store, SERVICE, "MS-01")["accepted"] == 1
         assert store.jti_seen("iss", "j", int(time.time()) + 300) is True
+
+
+def test_sqlite_cards_and_a_new_jti_take_the_write_lock_in_one_statement(db_path: Path) -> None:
+    """No BEGIN: the write lock is held only while the one statement runs in SQLite, never
+    while the writing thread waits for the GIL (Database.single_statements)."""
+    exp = int(time.time()) + 300
+    with SqlStore(f"sqlite:///{db_path}") as store:
+        store.jti_seen("iss", "first", exp)  # the first check also purges expired rows
+        with statements(store) as sent:
+            store.record_cards(SERVICE, "h", [card("c-1"), card("c-2")], ISSUED_AT)
+            assert store.jti_seen("iss", "new", exp) is False
+        assert [s.split()[0].upper() for s in sent] == ["INSERT", "INSERT"]
+        with statements(store) as sent:  # a replay is checked in a transaction
+            assert store.jti_seen("iss", "new", exp) is True
+        assert sent[0].upper().startswith("INSERT") and "BEGIN IMMEDIATE" in sent
+        assert count(store, issued_cards) == 2
 
 
 def test_sqlite_in_memory_database_is_shared_across_threads() -> None:
