@@ -1,8 +1,10 @@
 """The SQL database behind the store: engine, schema creation, transactions, failure mapping.
 
 The location comes from ``FHIR_SERVICE_DATABASE_URL`` (default ``sqlite:///./var/fhir_service.db``).
-SQLite runs in WAL mode with a busy timeout and takes its write lock at ``BEGIN IMMEDIATE`` so that
-concurrent writers wait instead of failing; PostgreSQL gets ``connect_timeout`` and
+SQLite runs in WAL mode with a busy timeout; a write transaction takes its write lock at
+``BEGIN IMMEDIATE`` so that concurrent writers wait instead of failing, and a write that is one
+statement (a new ``jti``, an answer's cards) runs without ``BEGIN`` so that it holds the lock only
+inside SQLite (:meth:`Database.single_statements`); PostgreSQL gets ``connect_timeout`` and
 ``lock_timeout``. When the database cannot be reached or written (server down, SQLite file locked
 beyond the busy timeout, unwritable path) every operation raises :class:`StoreUnavailable`, a 503
 :class:`~fhir_service.errors.ServiceUnavailable`, so the API answers 503 + OperationOutcome.

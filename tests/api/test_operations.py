@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -792,6 +794,52 @@ async def test_hook_evaluation_runs_off_the_event_loop(
         assert health.json() == {"status": "ok"}
     assert len(threads) == 1
     assert threads[0] != threading.get_ident()  # the test's loop thread
+
+
+@pytest.mark.anyio
+async def test_hook_evaluation_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """Four 100-resource patient-view calls in flight: /healthz still answers at once.
+
+    The rules run in worker threads; the loop only parses, awaits and serialises. A blocked
+    loop would hold /healthz until a call ends (hundreds of ms); GIL sharing with the workers
+    costs the probe a few ms at most.
+    """
+    app = make_app(tmp_path)
+    request = hundred_resources()
+    transport = httpx.ASGITransport(app=app)
+    finished: list[float] = []
+    probes: list[tuple[float, float]] = []  # (latency, completed at)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        warm = await http.post("/cds-services/muscle-spasm-patient-view", json=request)
+        assert warm.status_code == 200, warm.text
+
+        async def call() -> None:
+            response = await http.post("/cds-services/muscle-spasm-patient-view", json=request)
+            assert response.status_code == 200, response.text
+            finished.append(time.perf_counter())
+
+        async def probe() -> None:
+            # from the moment rules are evaluating in worker threads (a fixed head start could
+            # outlast the four calls once they are fast enough)
+            limiter = app.state.runtime.limiter
+            while limiter.borrowed_tokens == 0 and not finished:
+                await anyio.sleep(0.001)
+            for _ in range(5):
+                started = time.perf_counter()
+                response = await http.get("/healthz")
+                done = time.perf_counter()
+                assert response.json() == {"status": "ok"}
+                probes.append((done - started, done))
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(call)
+            group.start_soon(probe)
+    assert len(finished) == 4
+    during = [latency for latency, done in probes if done < min(finished)]
+    assert during, "no /healthz answer came back while the calls were running"
+    assert min(during) < 0.1, probes
 
 
 def test_apply_uses_the_pinned_clock(mini: TestClient) -> None:
