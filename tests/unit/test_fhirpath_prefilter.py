@@ -23,7 +23,7 @@ CODING_TEST = "code.coding.where(system = 'http://loinc.org' and code = '2823-3'
 def functions(member_of: Any) -> prefilter.Functions | None:
     if member_of is None:
         return None
-    return prefilter.Functions(member_of, lambda _r: None, lambda *_a: [], {}, lambda _n: None)
+    return prefilter.Functions(member_of, lambda _r: None, lambda *_a: [], {})
 
 
 def quick(criteria: str, member_of: Any = None) -> prefilter.QuickFilter:

@@ -63,7 +63,6 @@ from fhir_service.engine.fhirpath.closures import (
     ClosureCompiler,
     Fn,
     Navigation,
-    number,
     set_base_entries,
 )
 from fhir_service.engine.terminology.membership import Terminology
@@ -351,7 +350,6 @@ class FhirPathCompiler:
                     "now": lambda ctx: _session(ctx).now_value,
                     "today": lambda ctx: _session(ctx).today_value,
                 },
-                number=number,
             ),
         )
         self._cache: dict[str, CompiledExpression] = {}
@@ -389,7 +387,7 @@ class FhirPathCompiler:
         if not inputs:
             return []
         for item in inputs:
-            if self._ingredients_of(get_data(item), url):
+            if self._is_member(get_data(item), url):
                 return [True]
         return [False]
 

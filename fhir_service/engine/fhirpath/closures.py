@@ -27,7 +27,6 @@ never reads them for a value).
 from __future__ import annotations
 
 import json
-import operator
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -38,6 +37,7 @@ from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, ResourceN
 from fhirpathpy.engine.util import get_data
 
 from fhir_service.engine.fhirpath import prefilter
+from fhir_service.engine.fhirpath.coercion import COMPARISONS, QUANTITY_TYPES, arraify, number
 from fhir_service.engine.fhirpath.literals import (
     identifier,
     lone_term,
@@ -53,15 +53,6 @@ Fn = Callable[[Ctx, Any], list[Any]]
 Param = Callable[[Ctx, Any], Any]
 
 _MAPPING = Mapping
-
-
-def arraify(x: Any) -> list[Any]:
-    """fhirpathpy's ``util.arraify``."""
-    if type(x) is list or isinstance(x, list):
-        return x
-    if x is not None:
-        return [x]
-    return []
 
 
 def _is_nullable(x: Any) -> bool:
@@ -348,7 +339,7 @@ class ClosureCompiler:
         right = self.param(arg_types[1], raw_params[1])
         fn = entry["fn"]
         nullable = "nullable" in entry
-        compare = _COMPARISONS.get(name) if entry is _BASE_ENTRIES.get(name) else None
+        compare = COMPARISONS.get(name) if entry is _BASE_ENTRIES.get(name) else None
         if compare is not None:
 
             def comparison(ctx: Ctx, data: Any) -> list[Any]:
@@ -403,7 +394,7 @@ class ClosureCompiler:
             item = a[0]
             if isinstance(item, ResourceNode):
                 value = item.data
-                if type(value) is str and item.path not in _QUANTITY and len(a) == 1:
+                if type(value) is str and item.path not in QUANTITY_TYPES and len(a) == 1:
                     return [(value == literal) is not negate]
             elif type(item) is str and len(a) == 1:
                 return [(item == literal) is not negate]
@@ -751,7 +742,7 @@ class _Member:
         path = self.typed_paths.get(child_path)
         if path is None:
             path = self.typed_paths[child_path] = self.types.typed(child_path)
-        return None if path in _QUANTITY else found
+        return None if path in QUANTITY_TYPES else found
 
     def _step(self, parent: str | None) -> tuple[str, tuple[str, ...] | None]:
         found = self.steps.get(parent)
@@ -887,31 +878,12 @@ _DECIDED: dict[str, tuple[Callable[[Any, Any, Any], Any], bool, bool]] = {
     "or": (logic.or_op, True, True),
     "implies": (logic.implies_op, False, True),
 }
-_QUANTITY = frozenset({"Quantity", "System.Quantity"})
 _BASE_ENTRIES: dict[str, Any] = {}
-
-
-_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
-    "<": operator.lt,
-    ">": operator.gt,
-    "<=": operator.le,
-    ">=": operator.ge,
-}
-
-
-def number(value: Any) -> int | Decimal | None:
-    """A plain integer or decimal (as fhirpathpy's ``get_data`` gives it), else None."""
-    if isinstance(value, ResourceNode):
-        value = value.data
-        if type(value) is float:
-            return Decimal(str(value))
-    kind = type(value)
-    return value if kind is int or kind is Decimal else None
 
 
 def set_base_entries(entries: Mapping[str, Any]) -> None:
     """The operator entries the shortcuts recognise (fhirpathpy's own)."""
-    _BASE_ENTRIES.update({k: entries[k] for k in ("=", "!=", *_COMPARISONS)})
+    _BASE_ENTRIES.update({k: entries[k] for k in ("=", "!=", *COMPARISONS)})
 
 
 def type_specifier(text: str) -> TypeInfo:

@@ -14,27 +14,29 @@ What it decides (FHIRPath N1 §5.2 ``where``, §6.5 Boolean logic, §6.1 equalit
 
 - a criteria made only of the subset below: kept or dropped, the general closure never runs;
 - a criteria ``c1 and c2 and ...`` whose leading conjuncts are in the subset: dropped when one of
-  them is false (the compiled ``and`` would stop there, without evaluating the rest), else the
-  general closure decides;
+  them is false (the compiled ``and`` would stop there, without evaluating the rest); when they
+  all hold, only the rest runs through the closures (as ``true and (rest)``); when one of them
+  is empty, the whole criteria does;
 - anything else, or an item whose JSON leaves the subset at run time (a primitive extension
   ``_key``, a contained resource, a float, an unexpected array): the general closure decides.
 
 The subset: member steps on non-choice elements (types from the R4 model, as the closures type
 them), ``$this``, ``= 'text'``, ``!= 'text'``, ``= true``/``false``, ``and``, ``or``, ``not()``,
-``exists()``, ``exists(criteria)``, ``empty()``, ``where(criteria)`` and ``memberOf('url')``.
+``exists()``, ``exists(criteria)``, ``empty()``, ``where(criteria)``, ``memberOf('url')`` and
+``clinicalDate().duration(today()|now(), 'unit')`` compared with a ``%variable`` or a number.
 Every construct of the subset evaluates without raising in the compiled closures, so a verdict
 never hides an error those would have raised.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fhirpathpy.engine.nodes import ResourceNode
 
+from fhir_service.engine.fhirpath.coercion import COMPARISONS, QUANTITY_TYPES, arraify, number
 from fhir_service.engine.fhirpath.literals import lone_term, string_literal
 
 Tree = Mapping[str, Any]
@@ -45,7 +47,6 @@ Verdict = Callable[[list[Any], Any], "bool | None"]
 #: (member step key) -> (child path, choice suffixes or None); typed path of a child path
 ChildStep = Callable[[str | None, str], "tuple[str, tuple[str, ...] | None]"]
 
-_QUANTITY = frozenset({"Quantity", "System.Quantity"})
 _SCALARS = (str, bool, int)
 
 
@@ -77,8 +78,6 @@ class Functions:
     duration: Callable[[list[Any], list[Any], str], list[int]]
     #: ``now()``/``today()`` of the call's session, from the evaluation context
     clock: Mapping[str, Callable[[Any], Any]]
-    #: a number as the compiled comparisons see it (int/Decimal), else None
-    number: Callable[[Any], Any]
 
 
 class QuickFilter:
@@ -260,7 +259,7 @@ class _Builder:
         if literal is _MISSING:
             raise Unsupported("equality with a non-literal")
         left, left_path = self.values(left_node, path)
-        if left_path in _QUANTITY:
+        if left_path in QUANTITY_TYPES:
             raise Unsupported("Quantity equality")
         negate = op == "!="
         kind = type(literal)
@@ -293,17 +292,13 @@ class _Builder:
         precision, another comparison, a number): how old a resource is, against a limit."""
         functions = self.functions
         op = node["terminalNodeText"][0]
-        compare = _COMPARISONS.get(op)
+        compare = COMPARISONS.get(op)
         if functions is None or compare is None:
             raise Unsupported(op)
         left_node, right_node = node["children"]
         clock, precision = _duration_of_clinical_date(left_node, functions)
         limit = _limit(right_node)
-        clinical_date, duration, number = (
-            functions.clinical_date,
-            functions.duration,
-            functions.number,
-        )
+        clinical_date, duration = functions.clinical_date, functions.duration
 
         def distance(values: list[Any], ctx: Any) -> bool | None:
             if len(values) != 1 or ctx is None:
@@ -435,14 +430,6 @@ def _check(value: Any) -> None:
         raise Undecided
 
 
-_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
-
 def _duration_of_clinical_date(
     node: Tree, functions: Functions
 ) -> tuple[Callable[[Any], Any], str]:
@@ -490,10 +477,7 @@ def _limit(node: Tree) -> Callable[[Any], list[Any]]:
         variables = ctx["vars"]
         if name not in variables:
             raise Undecided  # the closures raise for an undefined variable
-        value = variables[name]
-        if value is None:
-            return []
-        return value if isinstance(value, list) else [value]
+        return arraify(variables[name])
 
     return variable
 
